@@ -1,0 +1,1 @@
+//! The embedded (one machine) adapters: SQLite secret store, local process workers.

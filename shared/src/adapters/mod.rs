@@ -1,0 +1,3 @@
+//! Adapters: implementations of the ports. `local` runs on one machine with embedded state.
+
+pub mod local;

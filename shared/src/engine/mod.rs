@@ -1,0 +1,1 @@
+//! The embedded engine: runs `infra/state-machine.asl.json` with state kept in SQLite.

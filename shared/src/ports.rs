@@ -1,0 +1,284 @@
+//! The ports: what the steps need from the outside world, whatever runs it.
+//!
+//! Each trait has a local adapter (`adapters::local`) and an AWS one. Steps take these as
+//! `Arc<dyn ...>` and never know which they got.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::secret::Secret;
+use crate::task::{TaskId, TaskSpec};
+
+/// A failure of an adapter, with a message that says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Worth trying again later (network, throttling, a busy database).
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail the same way again until someone changes something.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl PortError {
+    /// Whether retrying may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PortError::Transient(_))
+    }
+}
+
+/// A secret-store entry as listed: never the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEntry {
+    /// The name.
+    pub name: String,
+    /// When it was first stored.
+    pub created_at: DateTime<Utc>,
+    /// When its value last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where secret values live: git tokens, task secrets, callback tokens, API key hashes.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The value under `name`, or `None` when there is none.
+    async fn get(&self, name: &str) -> Result<Option<Secret>, PortError>;
+    /// Stores (or replaces) the value under `name`.
+    async fn put(&self, name: &str, value: &Secret) -> Result<(), PortError>;
+    /// Deletes `name`; `false` when it did not exist.
+    async fn delete(&self, name: &str) -> Result<bool, PortError>;
+    /// Entries whose name starts with `prefix`, sorted by name.
+    async fn list(&self, prefix: &str) -> Result<Vec<SecretEntry>, PortError>;
+}
+
+/// Identifies a started worker (a local process, a CodeBuild build).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHandle {
+    /// Which backend started it (`local`, `codebuild`).
+    pub backend: String,
+    /// The backend's id for it.
+    pub id: String,
+}
+
+/// How a task ended, as the callback reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The task exited 0.
+    Succeeded,
+    /// The task exited non-zero.
+    Failed,
+    /// The task ran past its timeout and was stopped.
+    TimedOut,
+    /// Someone cancelled the task.
+    Cancelled,
+    /// The task could not run: start, clone, secret or callback problem.
+    Error,
+}
+
+impl Outcome {
+    /// The callback's `success` field.
+    pub fn is_success(self) -> bool {
+        self == Outcome::Succeeded
+    }
+
+    /// The status word used in callbacks and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The end of a task, as its worker saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEnd {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The task's exit code, when it ran and exited.
+    pub exit_code: Option<i32>,
+    /// Why, in words, when it did not simply exit (clone failure, signal, timeout).
+    pub reason: Option<String>,
+    /// When the task started running (after clone and startup script), if it did.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Where a task is, as its worker sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum TaskPhase {
+    /// Accepted by the backend, not yet running anything.
+    Pending,
+    /// Cloning repositories or running the startup script.
+    Preparing,
+    /// The task file is running.
+    Running {
+        /// When it started.
+        started_at: DateTime<Utc>,
+    },
+    /// The task is over.
+    Ended(TaskEnd),
+}
+
+/// A worker's state: the task's phase and whether the worker itself still exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The task's phase.
+    pub task: TaskPhase,
+    /// Whether the worker (process group, build) is still alive. A kept worker
+    /// (`terminate_on_completion: false`) is alive after its task ended.
+    pub worker_alive: bool,
+}
+
+/// The last bytes of a task's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTail {
+    /// The text (secret values already masked).
+    pub text: String,
+    /// Whether earlier output was left out.
+    pub truncated: bool,
+}
+
+/// Why a worker is being terminated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminateReason {
+    /// The task ended and `terminate_on_completion` is true.
+    Completed,
+    /// A user cancelled the task.
+    Cancelled,
+    /// The task ran past its timeout.
+    TimedOut,
+    /// The cleanup sweep found it orphaned or past its keep time.
+    Cleanup,
+}
+
+/// A worker the backend knows of, for the cleanup sweep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    /// Its handle.
+    pub handle: WorkerHandle,
+    /// The task it runs.
+    pub task_id: String,
+    /// Whether it still holds resources (processes, a workspace, a build).
+    pub holds_resources: bool,
+    /// Until when a kept worker may stay, if it is kept.
+    pub keep_until: Option<DateTime<Utc>>,
+}
+
+/// Runs tasks on workers: local processes, or CodeBuild builds.
+#[async_trait]
+pub trait WorkerBackend: Send + Sync {
+    /// Starts a worker for `spec`. Idempotent per task id: starting again returns the
+    /// worker already started.
+    async fn start(&self, spec: &TaskSpec) -> Result<WorkerHandle, PortError>;
+    /// The worker's current state.
+    async fn status(&self, handle: &WorkerHandle) -> Result<WorkerStatus, PortError>;
+    /// The last `max_bytes` of the task's log, secret values masked.
+    async fn log_tail(&self, handle: &WorkerHandle, max_bytes: usize)
+    -> Result<LogTail, PortError>;
+    /// Stops the worker and frees what it holds. Idempotent.
+    async fn terminate(
+        &self,
+        handle: &WorkerHandle,
+        reason: TerminateReason,
+    ) -> Result<(), PortError>;
+    /// The worker a task id would have, whether or not it was started.
+    fn handle_for(&self, task_id: &TaskId) -> WorkerHandle;
+    /// Every worker that still holds resources, for the cleanup sweep.
+    async fn list(&self) -> Result<Vec<WorkerSummary>, PortError>;
+}
+
+/// Result of starting an execution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// A new execution was started.
+    Started,
+    /// An execution with this name and the same input exists: nothing new was started.
+    AlreadyExists,
+    /// An execution with this name exists with a different input.
+    Conflict,
+}
+
+/// Execution status, as Step Functions names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionStatus {
+    /// Still going.
+    Running,
+    /// Reached a Succeed state.
+    Succeeded,
+    /// Reached a Fail state or an uncaught error.
+    Failed,
+    /// Stopped from outside.
+    Aborted,
+    /// Ran past the state machine's own timeout.
+    TimedOut,
+}
+
+/// What an orchestrator knows of one execution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionView {
+    /// Execution name (the task id).
+    pub name: String,
+    /// Status.
+    pub status: ExecutionStatus,
+    /// The execution input.
+    pub input: Value,
+    /// The execution output, when it succeeded.
+    pub output: Option<Value>,
+    /// The error name, when it failed.
+    pub error: Option<String>,
+    /// The error cause, when it failed.
+    pub cause: Option<String>,
+    /// The state it is in (or ended in).
+    pub current_state: Option<String>,
+    /// The input of that state: the latest data the execution holds.
+    pub state_input: Option<Value>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// State transitions so far.
+    pub transitions: u64,
+    /// History events so far.
+    pub history_events: u64,
+}
+
+/// Runs the state machine: the embedded engine, or AWS Step Functions.
+#[async_trait]
+pub trait Orchestrator: Send + Sync {
+    /// Starts an execution named `name`. Same name and same input again: `AlreadyExists`.
+    async fn start(&self, name: &str, input: &Value) -> Result<StartOutcome, PortError>;
+    /// The execution named `name`, if any.
+    async fn describe(&self, name: &str) -> Result<Option<ExecutionView>, PortError>;
+    /// Executions, newest first, at most `limit`, optionally only those with `status`.
+    async fn list(
+        &self,
+        status: Option<ExecutionStatus>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionView>, PortError>;
+    /// Stops a running execution.
+    async fn stop(&self, name: &str, error: &str, cause: &str) -> Result<(), PortError>;
+    /// Deletes finished executions that stopped before `before`; returns how many.
+    async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, PortError>;
+}
+
+/// Time, so that tests can run a 36-hour poll loop in milliseconds.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+    /// Waits `duration` (a manual clock advances instead).
+    async fn sleep(&self, duration: Duration);
+}

@@ -1,0 +1,247 @@
+//! The validated task: what the rest of the system relies on once a request has been parsed.
+//!
+//! Values here are produced by [`crate::validate`] only; they travel through the state
+//! machine as execution input, so they hold secret *names*, never secret values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A task id: 1-80 characters of `[A-Za-z0-9_-]` (it is also the execution name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// Parses a task id, or says what is wrong with it.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > 80 {
+            return Err(format!(
+                "must be 1 to 80 characters long (got {}); it becomes the execution name",
+                raw.len()
+            ));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "{bad:?} is not allowed; use only letters, digits, '-' and '_'"
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(value: TaskId) -> Self {
+        value.0
+    }
+}
+
+/// The task file: a relative path ending in `.py` or `.sh`, with no `..` component.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskFile(String);
+
+/// How a task file is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpreter {
+    /// `python3 FILE`
+    Python,
+    /// `bash FILE`
+    Bash,
+}
+
+impl TaskFile {
+    /// Parses a task file name, or says what is wrong with it.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("must not be empty; name a .py or .sh file".into());
+        }
+        if raw.starts_with('/') || raw.starts_with('\\') || raw.contains(':') {
+            return Err("must be a relative path inside the tasks directory or the repository, not an absolute path".into());
+        }
+        if raw.split(['/', '\\']).any(|part| part == "..") {
+            return Err("must be a relative path inside the tasks directory or the repository; '..' is not allowed".into());
+        }
+        if raw.contains('\0') {
+            return Err("must not contain a NUL character".into());
+        }
+        if !(raw.ends_with(".py") || raw.ends_with(".sh")) {
+            return Err("must end with .py or .sh".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The relative path as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Which interpreter runs this file.
+    pub fn interpreter(&self) -> Interpreter {
+        if self.0.ends_with(".py") {
+            Interpreter::Python
+        } else {
+            Interpreter::Bash
+        }
+    }
+}
+
+impl fmt::Display for TaskFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TaskFile {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TaskFile> for String {
+    fn from(value: TaskFile) -> Self {
+        value.0
+    }
+}
+
+/// A secret the task asked for, and the environment variable it arrives in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    /// Name in the secret store.
+    pub secret: String,
+    /// Environment variable of the task that receives the value.
+    pub env: String,
+}
+
+/// A repository to clone into the task's workspace before the task runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitSource {
+    /// `https://...` URL, or (embedded mode) an absolute `file://` URL.
+    pub remote_url: String,
+    /// Name of the secret holding the token, if the repository needs one.
+    pub secret_name: Option<String>,
+    /// User name given to git with the token.
+    pub username: String,
+    /// Directory inside the workspace (relative).
+    pub local_path: String,
+    /// Branch or tag to check out; the remote's default when absent.
+    pub branch: Option<String>,
+    /// Exact commit to check out after cloning, when known (webhook pushes).
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Folders for a sparse checkout; everything when empty.
+    pub sparse_checkout_folders: Vec<String>,
+    /// Shallow clone depth; full history when absent.
+    pub fetch_depth: Option<u32>,
+}
+
+/// Resources of a worker size, as the local worker applies them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerResources {
+    /// Canonical size name (`X-Small`, `Small`, ...).
+    pub name: String,
+    /// CPU cores the task may use.
+    pub cpus: u32,
+    /// Memory limit in MiB.
+    pub memory_mib: u64,
+}
+
+/// A validated task, ready to run. Holds secret names only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task id.
+    pub task_id: TaskId,
+    /// The task file to run.
+    pub task_file: TaskFile,
+    /// The worker size and its resources.
+    pub worker: WorkerResources,
+    /// Environment variables for the task (values stringified).
+    pub env: BTreeMap<String, String>,
+    /// Secrets the task receives as environment variables.
+    pub secrets: Vec<SecretEnv>,
+    /// Repositories to clone, in order; the first one is searched for the task file.
+    pub git: Vec<GitSource>,
+    /// Shell commands run before the task, in the workspace.
+    pub startup_script: Option<String>,
+    /// `log_level` of the original, handed to the task as `LOG_LEVEL`.
+    pub log_level: Option<String>,
+    /// `modules_log_level` of the original, handed to the task as `MODULES_LOG_LEVEL`.
+    pub modules_log_level: Option<String>,
+    /// Skip TLS verification when cloning.
+    pub bypass_ssl_verification: bool,
+    /// Where the result is POSTed.
+    pub callback_url: Option<String>,
+    /// Whether a callback bearer token was stored for this task.
+    pub has_callback_token: bool,
+    /// Terminate the worker (and remove its workspace) when the task ends.
+    pub terminate_on_completion: bool,
+    /// The task is ended as `timed_out` after this many seconds.
+    pub timeout_seconds: u64,
+    /// Owner e-mail given by the client, handed to the task as `TASKRUNNER_OWNER_EMAIL`.
+    pub email: Option<String>,
+    /// When the request was accepted.
+    pub submitted_at: DateTime<Utc>,
+}
+
+/// Name of the secret-store entry holding a task's callback bearer token.
+pub fn callback_token_secret_name(task_id: &TaskId) -> String {
+    format!("{CALLBACK_TOKEN_PREFIX}{task_id}")
+}
+
+/// Prefix of the per-task callback token entries in the secret store.
+pub const CALLBACK_TOKEN_PREFIX: &str = "taskrunner-callback-token/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_follow_execution_name_rules() {
+        assert!(TaskId::parse("model-deployment-task-1").is_ok());
+        assert!(TaskId::parse("a_B-9").is_ok());
+        assert!(TaskId::parse("").unwrap_err().contains("1 to 80"));
+        assert!(TaskId::parse(&"x".repeat(81)).unwrap_err().contains("1 to 80"));
+        assert!(TaskId::parse("a b").unwrap_err().contains("' '"));
+        assert!(TaskId::parse("a/b").is_err());
+    }
+
+    #[test]
+    fn task_files_stay_inside_their_directory() {
+        assert_eq!(
+            TaskFile::parse("deployer_task.py").unwrap().interpreter(),
+            Interpreter::Python
+        );
+        assert_eq!(
+            TaskFile::parse("jobs/run.sh").unwrap().interpreter(),
+            Interpreter::Bash
+        );
+        assert!(TaskFile::parse("../x.py").unwrap_err().contains("'..'"));
+        assert!(TaskFile::parse("a/../../x.py").is_err());
+        assert!(TaskFile::parse("/etc/x.py").unwrap_err().contains("absolute"));
+        assert!(TaskFile::parse("x.rb").unwrap_err().contains(".py or .sh"));
+    }
+}
