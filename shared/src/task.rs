@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A task id: 1-80 characters of `[A-Za-z0-9_-]` (it is also the execution name).
@@ -170,7 +169,9 @@ pub struct WorkerResources {
     pub memory_mib: u64,
 }
 
-/// A validated task, ready to run. Holds secret names only.
+/// A validated task, ready to run. Holds secret names only, and nothing that changes
+/// between two submissions of the same request, so it can serve as the execution input
+/// that makes starting idempotent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// The task id.
@@ -203,8 +204,6 @@ pub struct TaskSpec {
     pub timeout_seconds: u64,
     /// Owner e-mail given by the client, handed to the task as `TASKRUNNER_OWNER_EMAIL`.
     pub email: Option<String>,
-    /// When the request was accepted.
-    pub submitted_at: DateTime<Utc>,
 }
 
 /// Name of the secret-store entry holding a task's callback bearer token.
