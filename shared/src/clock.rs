@@ -40,7 +40,10 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, duration: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut now = self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *now += chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
     }
 }
@@ -48,7 +51,10 @@ impl ManualClock {
 #[async_trait]
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn sleep(&self, duration: Duration) {

@@ -8,7 +8,10 @@
 
 pub mod adapters;
 pub mod clock;
+pub mod config;
 pub mod engine;
+pub mod model;
 pub mod ports;
 pub mod secret;
 pub mod task;
+pub mod validate;

@@ -223,7 +223,11 @@ mod tests {
         assert!(TaskId::parse("model-deployment-task-1").is_ok());
         assert!(TaskId::parse("a_B-9").is_ok());
         assert!(TaskId::parse("").unwrap_err().contains("1 to 80"));
-        assert!(TaskId::parse(&"x".repeat(81)).unwrap_err().contains("1 to 80"));
+        assert!(
+            TaskId::parse(&"x".repeat(81))
+                .unwrap_err()
+                .contains("1 to 80")
+        );
         assert!(TaskId::parse("a b").unwrap_err().contains("' '"));
         assert!(TaskId::parse("a/b").is_err());
     }
@@ -240,7 +244,11 @@ mod tests {
         );
         assert!(TaskFile::parse("../x.py").unwrap_err().contains("'..'"));
         assert!(TaskFile::parse("a/../../x.py").is_err());
-        assert!(TaskFile::parse("/etc/x.py").unwrap_err().contains("absolute"));
+        assert!(
+            TaskFile::parse("/etc/x.py")
+                .unwrap_err()
+                .contains("absolute")
+        );
         assert!(TaskFile::parse("x.rb").unwrap_err().contains(".py or .sh"));
     }
 }

@@ -1,0 +1,377 @@
+//! Configuration: defaults, an optional TOML file, and `TASKRUNNER_*` environment variables.
+//!
+//! Precedence: environment over file over defaults. Every value has a default that works on
+//! one machine with no file at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::WorkerResources;
+
+/// One worker size: local limits and the AWS compute type it maps to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WorkerSize {
+    /// CPU cores the task may use (local: CPU affinity).
+    pub cpus: u32,
+    /// Memory limit in MiB (local: address-space limit).
+    pub memory_mib: u64,
+    /// CodeBuild compute type in AWS.
+    pub codebuild_compute_type: String,
+    /// Whether the local worker can provide this size.
+    #[serde(default = "yes")]
+    pub local: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The worker-size table, by canonical name (`X-Small`, `Small`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerSizes(pub BTreeMap<String, WorkerSize>);
+
+impl Default for WorkerSizes {
+    fn default() -> Self {
+        let size = |cpus, memory_mib, compute: &str, local| WorkerSize {
+            cpus,
+            memory_mib,
+            codebuild_compute_type: compute.to_owned(),
+            local,
+        };
+        Self(BTreeMap::from([
+            (
+                "X-Small".into(),
+                size(1, 1024, "BUILD_GENERAL1_SMALL", true),
+            ),
+            ("Small".into(), size(1, 2048, "BUILD_GENERAL1_SMALL", true)),
+            (
+                "Medium".into(),
+                size(2, 4096, "BUILD_GENERAL1_MEDIUM", true),
+            ),
+            ("Large".into(), size(4, 8192, "BUILD_GENERAL1_LARGE", true)),
+            (
+                "2X-Large".into(),
+                size(8, 16384, "BUILD_GENERAL1_XLARGE", true),
+            ),
+            ("GPU".into(), size(8, 16384, "BUILD_GENERAL1_LARGE", false)),
+        ]))
+    }
+}
+
+impl WorkerSizes {
+    /// Looks a size up by name, ignoring case.
+    pub fn find(&self, name: &str) -> Option<(&str, &WorkerSize)> {
+        self.0
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(known, size)| (known.as_str(), size))
+    }
+
+    /// The names, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+
+    /// The resources of a size, as the worker applies them.
+    pub fn resources(&self, name: &str) -> Option<WorkerResources> {
+        self.find(name).map(|(name, size)| WorkerResources {
+            name: name.to_owned(),
+            cpus: size.cpus,
+            memory_mib: size.memory_mib,
+        })
+    }
+}
+
+/// Adaptive polling: the next wait is `fraction` of the task's age, within `[min, max]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    /// Shortest wait, seconds.
+    pub min_seconds: u64,
+    /// Longest wait, seconds.
+    pub max_seconds: u64,
+    /// Share of the task's age to wait next.
+    pub fraction: f64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            min_seconds: 5,
+            max_seconds: 300,
+            fraction: 0.1,
+        }
+    }
+}
+
+impl PollConfig {
+    /// How long to wait before the next poll of a task this old.
+    pub fn next_wait(&self, age: Duration) -> u64 {
+        let wanted = (age.as_secs_f64() * self.fraction).round() as u64;
+        wanted.clamp(self.min_seconds, self.max_seconds.max(self.min_seconds))
+    }
+}
+
+/// Callback delivery settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Seconds before a delivery attempt gives up.
+    pub timeout_seconds: u64,
+    /// Secret-store name of the Standard Webhooks signing secret(s) (`whsec_...`, several
+    /// separated by spaces for rotation). Callbacks are signed when it exists.
+    pub signing_secret_name: String,
+    /// Host names allowed even when they resolve to private addresses.
+    pub allow_hosts: Vec<String>,
+    /// Address ranges (CIDR) allowed even though private.
+    pub allow_cidrs: Vec<String>,
+    /// Allow loopback receivers (default true in the embedded mode).
+    pub allow_loopback: bool,
+    /// Refuse plain `http://` callback URLs.
+    pub require_https: bool,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 15,
+            signing_secret_name: "taskrunner-callback-signing".into(),
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
+            allow_loopback: true,
+            require_https: false,
+        }
+    }
+}
+
+/// Everything configurable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `serve` listens.
+    pub listen: String,
+    /// Public base URL used in `status_url` (default `http://<listen>`).
+    pub public_url: Option<String>,
+    /// The tasks directory searched first for task files.
+    pub tasks_dir: Option<PathBuf>,
+    /// Worker sizes.
+    pub worker_sizes: WorkerSizes,
+    /// Size used when a request names none.
+    pub default_worker_size: String,
+    /// Default task timeout, seconds (6 h).
+    pub default_timeout_seconds: u64,
+    /// Longest timeout a request may ask for, seconds (36 h).
+    pub max_timeout_seconds: u64,
+    /// Log tail sent in callbacks, bytes.
+    pub log_tail_bytes: usize,
+    /// How long a kept workspace (`terminate_on_completion: false`) stays, seconds.
+    pub keep_workspace_seconds: u64,
+    /// How long finished executions are kept, days.
+    pub retention_days: u64,
+    /// How often `serve` runs the cleanup sweep, seconds.
+    pub cleanup_interval_seconds: u64,
+    /// Request body limit, bytes.
+    pub max_body_bytes: usize,
+    /// Adaptive polling.
+    pub poll: PollConfig,
+    /// Callback delivery.
+    pub callback: CallbackConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            tasks_dir: None,
+            worker_sizes: WorkerSizes::default(),
+            default_worker_size: "X-Small".into(),
+            default_timeout_seconds: 6 * 3600,
+            max_timeout_seconds: 36 * 3600,
+            log_tail_bytes: 64 * 1024,
+            keep_workspace_seconds: 3600,
+            retention_days: 30,
+            cleanup_interval_seconds: 300,
+            max_body_bytes: 1024 * 1024,
+            poll: PollConfig::default(),
+            callback: CallbackConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file if given, then `TASKRUNNER_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    format!("config file {}: cannot read it: {err}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|err| format!("config file {}: {err}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Applies `TASKRUNNER_*` variables read through `var`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        fn number<T: std::str::FromStr>(name: &str, value: String) -> Result<T, String> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}={value:?}: expected a whole number"))
+        }
+        fn flag(name: &str, value: String) -> Result<bool, String> {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => Ok(true),
+                "0" | "false" | "no" => Ok(false),
+                _ => Err(format!("{name}={value:?}: expected true or false")),
+            }
+        }
+        fn list(value: String) -> Vec<String> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
+        let get = |name: &str| var(name).filter(|value| !value.is_empty());
+        if let Some(v) = get("TASKRUNNER_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("TASKRUNNER_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = get("TASKRUNNER_TASKS_DIR") {
+            self.tasks_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TASKRUNNER_DEFAULT_WORKER_SIZE") {
+            self.default_worker_size = v;
+        }
+        if let Some(v) = get("TASKRUNNER_DEFAULT_TIMEOUT_SECONDS") {
+            self.default_timeout_seconds = number("TASKRUNNER_DEFAULT_TIMEOUT_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_LOG_TAIL_BYTES") {
+            self.log_tail_bytes = number("TASKRUNNER_LOG_TAIL_BYTES", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_KEEP_WORKSPACE_SECONDS") {
+            self.keep_workspace_seconds = number("TASKRUNNER_KEEP_WORKSPACE_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_RETENTION_DAYS") {
+            self.retention_days = number("TASKRUNNER_RETENTION_DAYS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_CLEANUP_INTERVAL_SECONDS") {
+            self.cleanup_interval_seconds = number("TASKRUNNER_CLEANUP_INTERVAL_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_POLL_MIN_SECONDS") {
+            self.poll.min_seconds = number("TASKRUNNER_POLL_MIN_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_POLL_MAX_SECONDS") {
+            self.poll.max_seconds = number("TASKRUNNER_POLL_MAX_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_CALLBACK_TIMEOUT_SECONDS") {
+            self.callback.timeout_seconds = number("TASKRUNNER_CALLBACK_TIMEOUT_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_CALLBACK_SIGNING_SECRET_NAME") {
+            self.callback.signing_secret_name = v;
+        }
+        if let Some(v) = get("TASKRUNNER_CALLBACK_ALLOW_HOSTS") {
+            self.callback.allow_hosts = list(v);
+        }
+        if let Some(v) = get("TASKRUNNER_CALLBACK_ALLOW_CIDRS") {
+            self.callback.allow_cidrs = list(v);
+        }
+        if let Some(v) = get("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK") {
+            self.callback.allow_loopback = flag("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_CALLBACK_REQUIRE_HTTPS") {
+            self.callback.require_https = flag("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", v)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses settings that cannot work together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.worker_sizes.find(&self.default_worker_size).is_none() {
+            return Err(format!(
+                "default_worker_size {:?} is not in worker_sizes; known sizes: {}",
+                self.default_worker_size,
+                self.worker_sizes.names().join(", ")
+            ));
+        }
+        if self.poll.min_seconds == 0 || self.poll.min_seconds > self.poll.max_seconds {
+            return Err(format!(
+                "poll.min_seconds ({}) must be at least 1 and at most poll.max_seconds ({})",
+                self.poll.min_seconds, self.poll.max_seconds
+            ));
+        }
+        if self.default_timeout_seconds == 0
+            || self.default_timeout_seconds > self.max_timeout_seconds
+        {
+            return Err(format!(
+                "default_timeout_seconds ({}) must be between 1 and max_timeout_seconds ({})",
+                self.default_timeout_seconds, self.max_timeout_seconds
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adaptive_wait_is_a_tenth_of_the_age_within_bounds() {
+        let poll = PollConfig::default();
+        assert_eq!(poll.next_wait(Duration::from_secs(0)), 5);
+        assert_eq!(poll.next_wait(Duration::from_secs(600)), 60);
+        assert_eq!(poll.next_wait(Duration::from_secs(36 * 3600)), 300);
+    }
+
+    #[test]
+    fn sizes_are_found_regardless_of_case() {
+        let sizes = WorkerSizes::default();
+        assert_eq!(sizes.find("small").map(|(name, _)| name), Some("Small"));
+        assert_eq!(
+            sizes.find("2x-large").map(|(name, _)| name),
+            Some("2X-Large")
+        );
+        assert!(sizes.find("huge").is_none());
+    }
+
+    #[test]
+    fn environment_overrides_and_bad_values_are_named() {
+        let mut config = Config::default();
+        config
+            .apply_env(|name| (name == "TASKRUNNER_POLL_MAX_SECONDS").then(|| "120".into()))
+            .unwrap();
+        assert_eq!(config.poll.max_seconds, 120);
+        let err = config
+            .apply_env(|name| (name == "TASKRUNNER_RETENTION_DAYS").then(|| "lots".into()))
+            .unwrap_err();
+        assert!(err.contains("TASKRUNNER_RETENTION_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn toml_file_sets_sizes_and_limits() {
+        let config: Config = toml::from_str(
+            "default_worker_size = \"Tiny\"\n[worker_sizes.Tiny]\ncpus = 1\nmemory_mib = 256\ncodebuild_compute_type = \"BUILD_GENERAL1_SMALL\"\n",
+        )
+        .unwrap();
+        assert!(config.check().is_ok());
+        assert_eq!(
+            config.worker_sizes.resources("tiny").unwrap().memory_mib,
+            256
+        );
+    }
+}
