@@ -7,6 +7,7 @@
 //! `taskrunner serve` and by the `api` Lambda.
 
 pub mod adapters;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod engine;
