@@ -1,1 +1,175 @@
-fn main() {}
+//! `taskrunner`: serve the API, run a request end to end, talk to a server, manage secrets.
+
+mod admin;
+mod client;
+mod logging;
+mod run;
+mod serve;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run .py and .sh tasks on workers and POST their results to callback URLs.
+#[derive(Debug, Parser)]
+#[command(name = "taskrunner", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format: `pretty` (default on a terminal), `compact`, or `json`.
+    #[arg(long, global = true, env = "TASKRUNNER_LOG_FORMAT")]
+    log_format: Option<logging::LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where local state lives.
+#[derive(Debug, Clone, clap::Args)]
+struct DataArgs {
+    /// Data directory (SQLite files, key file, workspaces, logs).
+    #[arg(long, env = "TASKRUNNER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// How the embedded stack is configured.
+#[derive(Debug, Clone, clap::Args)]
+struct EmbeddedArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Tasks directory, searched first for task files (default ./tasks when it exists).
+    #[arg(long, env = "TASKRUNNER_TASKS_DIR")]
+    tasks_dir: Option<PathBuf>,
+    /// TOML configuration file (worker sizes, limits, callback policy).
+    #[arg(long, env = "TASKRUNNER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Which server to talk to.
+#[derive(Debug, Clone, clap::Args)]
+struct ApiArgs {
+    /// Base URL of the taskrunner API.
+    #[arg(long, env = "TASKRUNNER_API_URL", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// API key sent as `Authorization: Bearer`.
+    #[arg(long, env = "TASKRUNNER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API with the embedded engine, secret store and local workers.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "TASKRUNNER_LISTEN")]
+        listen: Option<String>,
+        #[command(flatten)]
+        embedded: EmbeddedArgs,
+    },
+    /// Run one request end to end in this process; print the callback body; exit 0 on success.
+    Run {
+        /// The request: a JSON file as POSTed to /task-runner (`-` for stdin).
+        request: PathBuf,
+        #[command(flatten)]
+        embedded: EmbeddedArgs,
+    },
+    /// Submit a request to a server.
+    Submit {
+        /// The request JSON file (`-` for stdin).
+        request: PathBuf,
+        /// Wait for the task to end; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a task's status.
+    Status {
+        /// The task id.
+        task_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a task's log tail.
+    Logs {
+        /// The task id.
+        task_id: String,
+        /// Keep printing new output until the task ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a task: its worker is terminated and its callback says `cancelled`.
+    Cancel {
+        /// The task id.
+        task_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage secrets (git tokens, task secrets, the callback signing secret).
+    #[command(subcommand)]
+    Secret(admin::SecretCommand),
+    /// Manage API keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(admin::ApiKeyCommand),
+    /// Run the cleanup sweep once.
+    Cleanup {
+        #[command(flatten)]
+        embedded: EmbeddedArgs,
+    },
+    /// (internal) Supervise one task's worker process; started by the local worker backend.
+    #[command(hide = true)]
+    WorkerSupervise {
+        /// The worker directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::WorkerSupervise { dir } = &cli.command {
+        return supervise(dir);
+    }
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { listen, embedded } => serve::serve(listen, &embedded).await,
+            Command::Run { request, embedded } => run::run(&request, &embedded).await,
+            Command::Submit { request, wait, api } => client::submit(&request, wait, &api).await,
+            Command::Status { task_id, api } => client::status(&task_id, &api).await,
+            Command::Logs { task_id, follow, api } => client::logs(&task_id, follow, &api).await,
+            Command::Cancel { task_id, api } => client::cancel(&task_id, &api).await,
+            Command::Secret(command) => admin::secret(command).await,
+            Command::ApiKey(command) => admin::api_key(command).await,
+            Command::Cleanup { embedded } => serve::cleanup_once(&embedded).await,
+            Command::WorkerSupervise { .. } => Ok(ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn supervise(dir: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(taskrunner::adapters::local::worker::supervise_from_stdin(dir));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -139,7 +139,7 @@ impl Default for CallbackConfig {
     fn default() -> Self {
         Self {
             timeout_seconds: 15,
-            signing_secret_name: "taskrunner-callback-signing".into(),
+            signing_secret_name: "callback-signing".into(),
             allow_hosts: Vec::new(),
             allow_cidrs: Vec::new(),
             allow_loopback: true,

@@ -1,0 +1,127 @@
+//! `taskrunner run REQUEST.json`: one request end to end in this process.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use taskrunner::ports::{ExecutionStatus, Orchestrator, WorkerBackend};
+use taskrunner::status::task_status;
+use taskrunner::steps::{ExecutionInput, FinishOutput, callback_body};
+
+use crate::EmbeddedArgs;
+use crate::client::read_request;
+use crate::serve::open_embedded;
+use crate::settings;
+
+/// Runs the request on the embedded engine, shows progress, prints the callback body.
+pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
+    let body = read_request(request)?;
+    let data_dir = settings::data_dir(&args.data)?;
+    let embedded = open_embedded(&data_dir, settings::config(args)?)?;
+    let submitted = match embedded.service.submit(&body).await {
+        Ok(submitted) => submitted,
+        Err(err) => {
+            eprintln!("error: {} ({})", err.message, err.status);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let task_id = submitted.task_id;
+    if submitted.existing {
+        eprintln!(
+            "task {task_id} was accepted before with this same request (data in {}); following it instead of running it again. Use a new task_id to run it again.",
+            data_dir.display()
+        );
+    }
+    let scheduler = embedded.start();
+    let progress = Progress::new(&task_id);
+    let execution = loop {
+        let execution = embedded
+            .engine
+            .describe(&task_id)
+            .await?
+            .context("the task vanished from the engine's database")?;
+        progress.show(&task_status(&execution).status, execution.current_state.as_deref());
+        if execution.status != ExecutionStatus::Running {
+            break execution;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    progress.finish();
+    scheduler.abort();
+
+    let status = task_status(&execution);
+    let input: ExecutionInput = serde_json::from_value(execution.input.clone())
+        .context("the execution input is not a task")?;
+    let end = match execution.output.clone().map(serde_json::from_value::<FinishOutput>) {
+        Some(Ok(output)) => Some(output),
+        _ => None,
+    };
+    let worker = &embedded.worker;
+    let tail = worker
+        .log_tail(&worker.handle_for(&input.task.task_id), embedded.config.log_tail_bytes)
+        .await
+        .unwrap_or(taskrunner::ports::LogTail { text: String::new(), truncated: false });
+    match &end {
+        Some(output) => {
+            let body = callback_body(&input.task, &output.end(), tail);
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            match &output.callback {
+                Some(report) => eprintln!(
+                    "callback delivered to {} (HTTP {}, webhook-id {})",
+                    input.task.callback_url.as_deref().unwrap_or_default(),
+                    report.status_code.map_or("-".into(), |code| code.to_string()),
+                    report.webhook_id
+                ),
+                None => eprintln!("no callback_url in the request: the body above was not sent"),
+            }
+            Ok(if output.success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        None => {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            if let Some(error) = status.callback.as_ref().and_then(|callback| callback.error.as_ref()) {
+                eprintln!("the callback could not be delivered: {error}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// A one-line progress display on stderr: state and elapsed time.
+struct Progress {
+    task_id: String,
+    started: Instant,
+    terminal: bool,
+    last: std::sync::Mutex<String>,
+}
+
+impl Progress {
+    fn new(task_id: &str) -> Self {
+        Self {
+            task_id: task_id.to_owned(),
+            started: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            last: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    fn show(&self, status: &str, state: Option<&str>) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let line = format!("{}: {status} ({})", self.task_id, state.unwrap_or("-"));
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.terminal {
+            eprint!("\r\x1b[2K{line}  {elapsed:.1}s");
+            std::io::stderr().flush().ok();
+        } else if *last != line {
+            eprintln!("{line}  {elapsed:.1}s");
+        }
+        *last = line;
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}

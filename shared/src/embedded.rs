@@ -1,0 +1,224 @@
+//! The embedded mode, assembled: SQLite secret store, local process workers, the engine
+//! running `infra/state-machine.asl.json`, and the steps wired in as its Task handlers.
+//!
+//! `taskrunner serve`, `taskrunner run` and the end-to-end tests all build it here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::adapters::local::secrets::LocalSecretStore;
+use crate::adapters::local::worker::{LocalWorker, LocalWorkerConfig};
+use crate::auth::ApiKeys;
+use crate::callback::{CallbackPolicy, CallbackSender, check_callback_url};
+use crate::config::Config;
+use crate::engine::{Engine, TaskFailure, TaskHandler};
+use crate::ports::{Clock, SecretStore, WorkerBackend};
+use crate::secret::Secret;
+use crate::service::TaskService;
+use crate::steps::{self, CleanupReport, StepError, Steps, errors};
+
+/// The state machine definition, compiled in so the binary runs from anywhere.
+pub const STATE_MACHINE: &str = include_str!("../../infra/state-machine.asl.json");
+
+/// Names the Task states' `${...}Arn` placeholders resolve to in the embedded mode.
+pub fn substitutions() -> HashMap<String, String> {
+    [
+        ("SubmitFunctionArn", "submit"),
+        ("PollWorkerFunctionArn", "poll-worker"),
+        ("FinishAndCallbackFunctionArn", "finish-and-callback"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect()
+}
+
+/// How to build the embedded stack.
+pub struct EmbeddedOptions {
+    /// Data directory: databases, key file, workspaces, logs.
+    pub data_dir: PathBuf,
+    /// Configuration.
+    pub config: Config,
+    /// The program that supervises a task (the `taskrunner` binary).
+    pub supervisor_program: PathBuf,
+    /// Directory relative repository paths in requests are resolved against.
+    pub base_dir: PathBuf,
+    /// The clock (a manual one in tests).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The assembled embedded mode.
+pub struct Embedded {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// The secret store.
+    pub secrets: Arc<dyn SecretStore>,
+    /// The local worker backend.
+    pub worker: Arc<LocalWorker>,
+    /// The engine (also the orchestrator).
+    pub engine: Arc<Engine>,
+    /// The steps.
+    pub steps: Arc<Steps>,
+    /// The task operations.
+    pub service: TaskService,
+}
+
+/// The callback policy a configuration describes.
+pub fn callback_policy(config: &Config) -> Result<CallbackPolicy, String> {
+    let mut cidrs = Vec::new();
+    for cidr in &config.callback.allow_cidrs {
+        cidrs.push(
+            cidr.parse()
+                .map_err(|err| format!("callback.allow_cidrs: {cidr:?} is not a CIDR range ({err})"))?,
+        );
+    }
+    Ok(CallbackPolicy {
+        timeout: Duration::from_secs(config.callback.timeout_seconds),
+        allow_hosts: config.callback.allow_hosts.clone(),
+        allow_cidrs: cidrs,
+        allow_loopback: config.callback.allow_loopback,
+        require_https: config.callback.require_https,
+    })
+}
+
+impl Embedded {
+    /// Opens the data directory and builds everything. Nothing runs until
+    /// [`Embedded::start`] (or [`Engine::run_until_idle`]).
+    pub fn open(options: EmbeddedOptions) -> Result<Self, String> {
+        let EmbeddedOptions {
+            data_dir,
+            config,
+            supervisor_program,
+            base_dir,
+            clock,
+        } = options;
+        let config = Arc::new(config);
+        let policy = callback_policy(&config)?;
+        let secrets: Arc<dyn SecretStore> =
+            Arc::new(LocalSecretStore::open(&data_dir).map_err(|err| err.to_string())?);
+
+        let engine_slot: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
+        let wake = {
+            let slot = Arc::clone(&engine_slot);
+            Arc::new(move |task_id: &str| {
+                if let Some(engine) = slot.get().and_then(Weak::upgrade) {
+                    engine.wake(task_id);
+                }
+            })
+        };
+        let mut worker = LocalWorker::new(
+            LocalWorkerConfig {
+                data_dir: data_dir.clone(),
+                tasks_dir: config.tasks_dir.clone(),
+                supervisor_program,
+                supervisor_args: vec!["worker-supervise".into()],
+                keep_workspace_for: Duration::from_secs(config.keep_workspace_seconds),
+                python: "python3".into(),
+            },
+            Arc::clone(&secrets),
+        );
+        worker.on_task_end(wake.clone());
+        let worker = Arc::new(worker);
+
+        let steps = Arc::new(Steps {
+            config: Arc::clone(&config),
+            secrets: Arc::clone(&secrets),
+            worker: worker.clone(),
+            clock: Arc::clone(&clock),
+            callbacks: Arc::new(CallbackSender::new(policy.clone())),
+        });
+        let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
+        handlers.insert("submit".into(), Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Submit }));
+        handlers.insert("poll-worker".into(), Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Poll }));
+        handlers.insert(
+            "finish-and-callback".into(),
+            Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Finish }),
+        );
+        let engine = Engine::open(
+            &data_dir.join("engine.db"),
+            STATE_MACHINE,
+            &substitutions(),
+            handlers,
+            clock,
+        )
+        .map_err(|err| err.to_string())?;
+        let _ = engine_slot.set(Arc::downgrade(&engine));
+
+        let service = TaskService {
+            config: Arc::clone(&config),
+            secrets: Arc::clone(&secrets),
+            worker: worker.clone(),
+            orchestrator: engine.clone(),
+            allow_local_repositories: true,
+            base_dir,
+            check_callback_url: Arc::new(move |url: &str| check_callback_url(url, &policy).map(|_| ())),
+            wake,
+        };
+        Ok(Self {
+            config,
+            secrets,
+            worker,
+            engine,
+            steps,
+            service,
+        })
+    }
+
+    /// Starts the engine's scheduler and re-attaches to workers left running by a previous
+    /// process, so every accepted task goes on.
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        self.worker.reattach();
+        self.engine.spawn_scheduler()
+    }
+
+    /// API keys: those stored, plus a static one.
+    pub fn api_keys(&self, static_key: Option<Secret>) -> ApiKeys {
+        ApiKeys::new(Arc::clone(&self.secrets), static_key)
+    }
+
+    /// Runs the cleanup sweep once.
+    pub async fn cleanup(&self) -> Result<CleanupReport, StepError> {
+        steps::cleanup(&self.steps, self.engine.as_ref()).await
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Submit,
+    Poll,
+    Finish,
+}
+
+/// Calls a step with the state's payload, as the Lambda functions do in AWS.
+struct StepHandler {
+    steps: Arc<Steps>,
+    step: Step,
+}
+
+fn decode<T: DeserializeOwned>(payload: Value) -> Result<T, TaskFailure> {
+    serde_json::from_value(payload).map_err(|err| {
+        TaskFailure::new(errors::BAD_INPUT, format!("the step's input is not what it expects: {err}"))
+    })
+}
+
+fn encode<T: Serialize>(result: Result<T, StepError>) -> Result<Value, TaskFailure> {
+    let output = result.map_err(|err| TaskFailure::new(err.error, err.cause))?;
+    serde_json::to_value(output).map_err(|err| TaskFailure::new(errors::BAD_INPUT, err.to_string()))
+}
+
+#[async_trait]
+impl TaskHandler for StepHandler {
+    async fn invoke(&self, payload: Value) -> Result<Value, TaskFailure> {
+        match self.step {
+            Step::Submit => encode(steps::submit(&self.steps, decode(payload)?).await),
+            Step::Poll => encode(steps::poll_worker(&self.steps, decode(payload)?).await),
+            Step::Finish => encode(steps::finish_and_callback(&self.steps, decode(payload)?).await),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The HTTP API: one axum `Router`, served by `taskrunner serve` and by the `api` Lambda.
+//!
+//! Routes and bodies are the public contract of DESIGN.md. Every error is JSON
+//! `{"success": false, "message": "..."}` with a message that names the problem and the fix.
+
+mod openapi;
+mod sample;
+mod tasks;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::auth::{ApiKeys, AuthError};
+use crate::model::TaskRunnerResponse;
+use crate::service::{ApiError, TaskService};
+
+/// What the handlers share.
+pub struct AppState {
+    /// The task operations.
+    pub service: TaskService,
+    /// API key checks.
+    pub api_keys: ApiKeys,
+    /// Base URL for `status_url` (no trailing slash).
+    pub public_url: String,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.service.config.max_body_bytes;
+    Router::new()
+        .route("/task-runner", post(tasks::submit))
+        .route("/task-runner/", post(tasks::submit))
+        .route(
+            "/task-runner/{task_id}",
+            get(tasks::status).delete(tasks::cancel),
+        )
+        .route("/task-runner/{task_id}/logs", get(tasks::logs))
+        .route("/sample-task-runner-callback", post(sample::receive))
+        .route("/healthz", get(health))
+        .route("/worker-sizes", get(tasks::worker_sizes))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no such route; see GET /openapi.json for the API".into(),
+    )
+}
+
+/// A JSON error response.
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(TaskRunnerResponse::refused(message))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        error_response(status, self.message)
+    }
+}
+
+/// Checks the request's API key; the error is a ready 401 response.
+pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, Response> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match state.api_keys.check(header).await {
+        Ok(name) => Ok(name),
+        Err(AuthError::Denied(message)) => {
+            let message = match state.api_keys.any().await {
+                Ok(false) => "no API key is configured on this server; set TASKRUNNER_API_KEY for `taskrunner serve`, or create one with `taskrunner api-key create --name NAME`".to_owned(),
+                _ => message,
+            };
+            let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            Err(response)
+        }
+        Err(AuthError::Store(err)) => Err(ApiError::from(err).into_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! `/task-runner` handlers: submit, status, logs, cancel; and `/worker-sizes`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::model::TaskRunnerResponse;
+
+use super::{AppState, authorize, error_response};
+
+/// `POST /task-runner`: 202 with the task id and its status URL.
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers).await {
+        return denied;
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than the {} byte limit; keep requests small (scripts belong in the repository or the tasks directory)",
+                    state.service.config.max_body_bytes
+                ),
+            );
+        }
+        Err(rejection) => {
+            return error_response(rejection.status(), format!("request body could not be read: {rejection}"));
+        }
+    };
+    match state.service.submit(&body).await {
+        Ok(submitted) => {
+            let message = if submitted.existing {
+                "Task already accepted with this request; returning the existing task".to_owned()
+            } else {
+                "Started Task successfully".to_owned()
+            };
+            let status_url = format!("{}/task-runner/{}", state.public_url, submitted.task_id);
+            let response = TaskRunnerResponse {
+                success: true,
+                message,
+                task_id: Some(submitted.task_id),
+                status_url: Some(status_url),
+            };
+            (StatusCode::ACCEPTED, Json(response)).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// `GET /task-runner/{task_id}`.
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers).await {
+        return denied;
+    }
+    match state.service.status(&task_id).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Query of `GET /task-runner/{task_id}/logs`.
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    /// How many bytes of the end of the log (default: the callback's tail size).
+    pub max_bytes: Option<usize>,
+}
+
+/// Answer of `GET /task-runner/{task_id}/logs`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LogsResponse {
+    /// The task id.
+    pub task_id: String,
+    /// The log tail, secret values masked.
+    pub logs: String,
+    /// Whether earlier output was left out.
+    pub logs_truncated: bool,
+}
+
+/// `GET /task-runner/{task_id}/logs?max_bytes=N`.
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers).await {
+        return denied;
+    }
+    let max_bytes = query
+        .max_bytes
+        .unwrap_or(state.service.config.log_tail_bytes)
+        .clamp(1, 16 * 1024 * 1024);
+    match state.service.logs(&task_id, max_bytes).await {
+        Ok(tail) => Json(LogsResponse {
+            task_id,
+            logs: tail.text,
+            logs_truncated: tail.truncated,
+        })
+        .into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// `DELETE /task-runner/{task_id}`: cancel.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(task_id): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers).await {
+        return denied;
+    }
+    match state.service.cancel(&task_id).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// `GET /worker-sizes`: the size table.
+pub async fn worker_sizes(State(state): State<Arc<AppState>>) -> Response {
+    Json(&state.service.config.worker_sizes.0).into_response()
+}

@@ -1,0 +1,167 @@
+//! The operations behind the API: submit, status, logs, cancel. The HTTP router and the
+//! CLI's `run` both call these, so the rules live in one place.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::ports::{
+    ExecutionStatus, LogTail, Orchestrator, PortError, SecretStore, StartOutcome, TerminateReason,
+    WorkerBackend,
+};
+use crate::status::{TaskStatus, task_status};
+use crate::task::{TaskId, callback_token_secret_name};
+use crate::validate::{Rules, parse_request};
+
+/// An operation's failure: an HTTP status and a message that says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status and message.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(task_id: &str) -> Self {
+        Self::new(
+            404,
+            format!("no task with task_id {task_id:?}; submit it with POST /task-runner"),
+        )
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(err: PortError) -> Self {
+        match err {
+            PortError::Transient(message) => Self::new(503, format!("{message}; try again")),
+            PortError::Permanent(message) => Self::new(500, message),
+        }
+    }
+}
+
+/// Result of a submit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// The task id.
+    pub task_id: String,
+    /// True when the same request had been accepted before: nothing new was started.
+    pub existing: bool,
+}
+
+/// The task service.
+#[derive(Clone)]
+pub struct TaskService {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Secret store.
+    pub secrets: Arc<dyn SecretStore>,
+    /// Worker backend.
+    pub worker: Arc<dyn WorkerBackend>,
+    /// Orchestrator.
+    pub orchestrator: Arc<dyn Orchestrator>,
+    /// Whether local paths and `file://` repositories are accepted (embedded mode).
+    pub allow_local_repositories: bool,
+    /// Directory relative repository paths are resolved against.
+    pub base_dir: PathBuf,
+    /// Checks a callback URL at submit time.
+    pub check_callback_url: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    /// Called after a cancel, to cut the execution's wait short (embedded engine).
+    pub wake: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl TaskService {
+    /// Validates and starts a task. The same request again returns the existing task;
+    /// another request under the same task id is a 409.
+    pub async fn submit(&self, body: &[u8]) -> Result<Submitted, ApiError> {
+        let rules = Rules {
+            config: &self.config,
+            allow_local_repositories: self.allow_local_repositories,
+            base_dir: &self.base_dir,
+            check_callback_url: &*self.check_callback_url,
+        };
+        let accepted = parse_request(body, &rules).map_err(|err| ApiError::new(err.status, err.message))?;
+        let task_id = accepted.spec.task_id.to_string();
+        let input = json!({ "task": accepted.spec });
+        let conflict = || {
+            ApiError::new(
+                409,
+                format!(
+                    "task_id {task_id:?} is already used by a different request; send the same body to get the existing task, or use a new task_id"
+                ),
+            )
+        };
+        if let Some(existing) = self.orchestrator.describe(&task_id).await? {
+            return if existing.input == input {
+                Ok(Submitted { task_id, existing: true })
+            } else {
+                Err(conflict())
+            };
+        }
+        if let Some(token) = &accepted.callback_token {
+            self.secrets
+                .put(&callback_token_secret_name(&accepted.spec.task_id), token)
+                .await?;
+        }
+        match self.orchestrator.start(&task_id, &input).await? {
+            StartOutcome::Started => {
+                tracing::info!(task_id = %task_id, "task accepted");
+                Ok(Submitted { task_id, existing: false })
+            }
+            StartOutcome::AlreadyExists => Ok(Submitted { task_id, existing: true }),
+            StartOutcome::Conflict => Err(conflict()),
+        }
+    }
+
+    /// The task's status.
+    pub async fn status(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
+        let execution = self
+            .orchestrator
+            .describe(task_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(task_id))?;
+        Ok(task_status(&execution))
+    }
+
+    /// The last `max_bytes` of the task's log.
+    pub async fn logs(&self, task_id: &str, max_bytes: usize) -> Result<LogTail, ApiError> {
+        let id = TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        if self.orchestrator.describe(task_id).await?.is_none() {
+            return Err(ApiError::not_found(task_id));
+        }
+        Ok(self.worker.log_tail(&self.worker.handle_for(&id), max_bytes).await?)
+    }
+
+    /// Cancels a running task: its worker is terminated and its callback says `cancelled`.
+    pub async fn cancel(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
+        let id = TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let execution = self
+            .orchestrator
+            .describe(task_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(task_id))?;
+        if execution.status != ExecutionStatus::Running {
+            return Err(ApiError::new(
+                409,
+                format!("task {task_id:?} has already ended; nothing to cancel"),
+            ));
+        }
+        self.worker
+            .terminate(&self.worker.handle_for(&id), TerminateReason::Cancelled)
+            .await?;
+        tracing::info!(task_id, "task cancelled");
+        (self.wake)(task_id);
+        self.status(task_id).await
+    }
+}

@@ -1,0 +1,174 @@
+//! A task's status as users see it, read from what the orchestrator holds.
+//!
+//! The orchestrator's view (execution status, current state, its data) is turned into one
+//! word (`starting`, `preparing`, `running`, `finishing`, then the outcome) and the facts a
+//! user asks about: exit code, reason, times, and what became of the callback.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ports::{ExecutionStatus, ExecutionView, Outcome};
+use crate::steps::{CaughtError, FinishInput, FinishOutput};
+
+/// What became of a task's callback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallbackStatus {
+    /// Whether the receiver accepted it.
+    pub delivered: bool,
+    /// The receiver's last HTTP status, when known.
+    pub status_code: Option<u16>,
+    /// The `webhook-id` it is sent with (stable across retries).
+    pub webhook_id: String,
+    /// Why it was not delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /task-runner/{task_id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskStatus {
+    /// The task id.
+    pub task_id: String,
+    /// The task file.
+    pub task_name: String,
+    /// `starting`, `preparing`, `running`, `finishing`, then `succeeded`, `failed`,
+    /// `timed_out`, `cancelled` or `error`.
+    pub status: String,
+    /// Whether the task is over (its callback may still be on its way).
+    pub done: bool,
+    /// True only when the task exited 0; absent while it runs.
+    pub success: Option<bool>,
+    /// The state-machine state the task is in.
+    pub state: Option<String>,
+    /// The worker size.
+    pub worker_size: String,
+    /// When the request was accepted.
+    pub submitted_at: DateTime<Utc>,
+    /// When the task started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its exit code.
+    pub exit_code: Option<i32>,
+    /// Why, when it did not simply exit.
+    pub reason: Option<String>,
+    /// The callback, when the task has a callback URL.
+    pub callback: Option<CallbackStatus>,
+    /// State transitions so far.
+    pub transitions: u64,
+}
+
+/// Builds the user's view of an execution.
+pub fn task_status(execution: &ExecutionView) -> TaskStatus {
+    let task = execution.input.get("task").cloned().unwrap_or(Value::Null);
+    let text = |value: &Value, key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut status = TaskStatus {
+        task_id: execution.name.clone(),
+        task_name: text(&task, "task_file"),
+        status: "starting".into(),
+        done: false,
+        success: None,
+        state: execution.current_state.clone(),
+        worker_size: task.get("worker").map(|w| text(w, "name")).unwrap_or_default(),
+        submitted_at: execution.started_at,
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        reason: None,
+        callback: None,
+        transitions: execution.transitions,
+    };
+    let has_callback = task.get("callback_url").is_some_and(|url| !url.is_null());
+    let webhook_id = format!("msg_{}", execution.name);
+    let state_input = execution.state_input.clone().unwrap_or(Value::Null);
+
+    match execution.status {
+        ExecutionStatus::Running => {
+            let phase = state_input
+                .get("run")
+                .and_then(|run| run.get("phase"))
+                .and_then(Value::as_str);
+            status.status = match (execution.current_state.as_deref(), phase) {
+                (Some("FinishAndCallback"), _) | (_, Some("ended")) => "finishing",
+                (_, Some("preparing")) => "preparing",
+                (_, Some("running")) => "running",
+                _ => "starting",
+            }
+            .into();
+            if has_callback {
+                status.callback = Some(CallbackStatus {
+                    delivered: false,
+                    status_code: None,
+                    webhook_id,
+                    error: None,
+                });
+            }
+        }
+        ExecutionStatus::Succeeded => {
+            if let Some(output) = execution
+                .output
+                .clone()
+                .and_then(|output| serde_json::from_value::<FinishOutput>(output).ok())
+            {
+                apply_outcome(&mut status, output.status, output.exit_code, output.reason);
+                status.started_at = output.started_at;
+                status.finished_at = Some(output.finished_at);
+                status.callback = output.callback.map(|report| CallbackStatus {
+                    delivered: report.delivered,
+                    status_code: report.status_code,
+                    webhook_id: report.webhook_id,
+                    error: None,
+                });
+            }
+        }
+        ExecutionStatus::Failed | ExecutionStatus::Aborted | ExecutionStatus::TimedOut => {
+            let finish: Option<FinishInput> = serde_json::from_value(state_input.clone()).ok();
+            let end = finish
+                .as_ref()
+                .and_then(|input| input.run.as_ref())
+                .and_then(|run| run.ended.clone());
+            match (end, finish.as_ref().and_then(|input| input.error.clone())) {
+                (_, Some(caught)) => {
+                    apply_outcome(&mut status, Outcome::Error, None, Some(caught.message()))
+                }
+                (Some(end), None) => {
+                    apply_outcome(&mut status, end.outcome, end.exit_code, end.reason);
+                    status.started_at = end.started_at;
+                    status.finished_at = Some(end.finished_at);
+                }
+                (None, None) => apply_outcome(
+                    &mut status,
+                    Outcome::Error,
+                    None,
+                    execution.cause.clone().or(execution.error.clone()),
+                ),
+            }
+            status.finished_at = status.finished_at.or(execution.stopped_at);
+            let callback_error = state_input
+                .get("callback_error")
+                .cloned()
+                .and_then(|value| serde_json::from_value::<CaughtError>(value).ok())
+                .map(|caught| caught.message())
+                .or_else(|| execution.cause.clone());
+            if has_callback {
+                status.callback = Some(CallbackStatus {
+                    delivered: false,
+                    status_code: None,
+                    webhook_id,
+                    error: callback_error,
+                });
+            }
+        }
+    }
+    status
+}
+
+fn apply_outcome(status: &mut TaskStatus, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) {
+    status.status = outcome.as_str().into();
+    status.done = true;
+    status.success = Some(outcome.is_success());
+    status.exit_code = exit_code;
+    status.reason = reason;
+}

@@ -1,0 +1,170 @@
+//! The steps of the state machine, as plain async functions over the ports.
+//!
+//! `submit` starts the worker, `poll_worker` reads its state and says how long to wait next,
+//! `finish_and_callback` terminates the worker and POSTs the result, `cleanup` sweeps what
+//! was left. None of them knows whether it runs in a Lambda or inside `taskrunner serve`.
+
+mod cleanup;
+mod finish;
+mod poll;
+mod submit;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::callback::CallbackSender;
+use crate::config::Config;
+use crate::ports::{Clock, PortError, SecretStore, TaskEnd, WorkerBackend, WorkerHandle};
+use crate::task::TaskSpec;
+
+pub use cleanup::{CleanupReport, cleanup};
+pub use finish::{CallbackReport, FinishOutput, callback_body, finish_and_callback};
+pub use poll::poll_worker;
+pub use submit::submit;
+
+/// Error names the state machine's `Retry` and `Catch` match on.
+pub mod errors {
+    /// Worth retrying: a busy store, a network hiccup.
+    pub const TRANSIENT: &str = "TaskRunner.Transient";
+    /// The worker could not be started (missing secret, bad spec): not retried.
+    pub const START_FAILED: &str = "TaskRunner.StartFailed";
+    /// The worker's state could not be read, permanently.
+    pub const POLL_FAILED: &str = "TaskRunner.PollFailed";
+    /// The callback receiver did not accept the result: retried with backoff.
+    pub const CALLBACK_FAILED: &str = "TaskRunner.CallbackFailed";
+    /// The callback URL is not allowed (SSRF guard): not retried.
+    pub const CALLBACK_REFUSED: &str = "TaskRunner.CallbackRefused";
+    /// The step's input is not what it expects: not retried.
+    pub const BAD_INPUT: &str = "TaskRunner.BadInput";
+}
+
+/// A step's failure, as Step Functions sees a Lambda error: a name and a cause.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}: {cause}")]
+pub struct StepError {
+    /// The error name (see [`errors`]).
+    pub error: String,
+    /// What happened, for people.
+    pub cause: String,
+}
+
+impl StepError {
+    /// An error with this name and cause.
+    pub fn new(error: &str, cause: impl Into<String>) -> Self {
+        Self {
+            error: error.to_owned(),
+            cause: cause.into(),
+        }
+    }
+
+    /// A port failure: transient ones are retried, permanent ones get `permanent_name`.
+    pub fn from_port(err: PortError, permanent_name: &str) -> Self {
+        match err {
+            PortError::Transient(cause) => Self::new(errors::TRANSIENT, cause),
+            PortError::Permanent(cause) => Self::new(permanent_name, cause),
+        }
+    }
+}
+
+/// What every step can reach.
+pub struct Steps {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Secret store (callback tokens, signing secrets).
+    pub secrets: Arc<dyn SecretStore>,
+    /// Worker backend.
+    pub worker: Arc<dyn WorkerBackend>,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Callback delivery.
+    pub callbacks: Arc<CallbackSender>,
+}
+
+/// The execution input: the validated task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecutionInput {
+    /// The task.
+    pub task: TaskSpec,
+}
+
+/// What the state machine keeps about a running worker (`$.run`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The worker.
+    pub worker: WorkerHandle,
+    /// When the worker was started; timeouts and the adaptive wait count from here.
+    pub submitted_at: DateTime<Utc>,
+    /// `pending`, `preparing`, `running` or `ended`.
+    pub phase: String,
+    /// Whether the task is over.
+    pub done: bool,
+    /// Seconds to wait before the next poll.
+    pub wait_seconds: u64,
+    /// Polls so far.
+    pub polls: u32,
+    /// How the task ended, once it did.
+    pub ended: Option<TaskEnd>,
+}
+
+/// Input of `poll_worker`: the execution input plus `$.run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PollInput {
+    /// The task.
+    pub task: TaskSpec,
+    /// The run so far.
+    pub run: RunState,
+}
+
+/// An error caught by the state machine (`$.error`), as Step Functions shapes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaughtError {
+    /// The error name.
+    #[serde(rename = "Error")]
+    pub error: String,
+    /// The cause: plain text, or a Lambda error object as JSON text.
+    #[serde(rename = "Cause", default)]
+    pub cause: String,
+}
+
+impl CaughtError {
+    /// The cause for people: the `errorMessage` of a Lambda error object, or the text itself.
+    pub fn message(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.cause)
+            .ok()
+            .and_then(|value| {
+                value
+                    .get("errorMessage")
+                    .and_then(|message| message.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| self.cause.clone())
+    }
+}
+
+/// Input of `finish_and_callback`: the execution input, `$.run` when the worker started,
+/// `$.error` when a step failed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinishInput {
+    /// The task.
+    pub task: TaskSpec,
+    /// The run, when the worker was started.
+    #[serde(default)]
+    pub run: Option<RunState>,
+    /// The error caught on the way, if any.
+    #[serde(default)]
+    pub error: Option<CaughtError>,
+}
+
+fn phase_name(phase: &crate::ports::TaskPhase) -> &'static str {
+    match phase {
+        crate::ports::TaskPhase::Pending => "pending",
+        crate::ports::TaskPhase::Preparing => "preparing",
+        crate::ports::TaskPhase::Running { .. } => "running",
+        crate::ports::TaskPhase::Ended(_) => "ended",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
