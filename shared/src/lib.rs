@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod clock;
 pub mod engine;
+pub mod model;
 pub mod ports;
 pub mod secret;
 pub mod task;
