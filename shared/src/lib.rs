@@ -7,6 +7,7 @@
 //! `taskrunner serve` and by the `api` Lambda.
 
 pub mod adapters;
+pub mod callback;
 pub mod clock;
 pub mod engine;
 pub mod model;
