@@ -8,11 +8,12 @@
 
 pub mod adapters;
 pub mod auth;
+pub mod callback;
 pub mod clock;
 pub mod config;
 pub mod embedded;
-pub mod http;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod ports;
 pub mod secret;
