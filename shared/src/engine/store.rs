@@ -1,0 +1,639 @@
+//! SQLite persistence: one row per execution (where it is, with what data, until when it
+//! sleeps) and its history events. Every step of an execution is one transaction, guarded
+//! by a version number so a stopped or concurrently moved execution is never overwritten.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use super::error::EngineError;
+use crate::ports::{ExecutionStatus, ExecutionView, StartOutcome};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS executions (
+    name TEXT PRIMARY KEY,
+    input TEXT NOT NULL,
+    status TEXT NOT NULL,
+    current_state TEXT NOT NULL,
+    state_input TEXT NOT NULL,
+    state_entered_at INTEGER NOT NULL,
+    retry_counts TEXT NOT NULL DEFAULT '[]',
+    wake_at INTEGER,
+    output TEXT,
+    error TEXT,
+    cause TEXT,
+    started_at INTEGER NOT NULL,
+    stopped_at INTEGER,
+    transitions INTEGER NOT NULL DEFAULT 0,
+    history_events INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, wake_at);
+CREATE INDEX IF NOT EXISTS executions_by_start ON executions (started_at);
+CREATE TABLE IF NOT EXISTS history (
+    execution TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    state TEXT,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (execution, seq)
+);
+";
+
+/// A history event, as Step Functions would list it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEvent {
+    /// Position in the execution's history, from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// Such as `TaskStateEntered`.
+    pub event_type: String,
+    /// The state it concerns, if any.
+    pub state: Option<String>,
+    /// Input, output, error and cause, as relevant.
+    pub detail: Value,
+}
+
+/// An event about to be written.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Such as `TaskStateEntered`.
+    pub event_type: String,
+    /// The state it concerns, if any.
+    pub state: Option<String>,
+    /// Details.
+    pub detail: Value,
+}
+
+impl NewEvent {
+    /// An event of `event_type` about `state`.
+    pub fn new(event_type: impl Into<String>, state: Option<&str>, detail: Value) -> Self {
+        Self {
+            event_type: event_type.into(),
+            state: state.map(str::to_string),
+            detail,
+        }
+    }
+}
+
+/// Where a running execution is: what a runner needs to take its next step.
+#[derive(Clone, Debug)]
+pub struct Cursor {
+    /// Its status.
+    pub status: ExecutionStatus,
+    /// The execution input.
+    pub input: Value,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// The current state.
+    pub state: String,
+    /// The raw input of the current state.
+    pub state_input: Value,
+    /// When the current state was entered.
+    pub entered_at: DateTime<Utc>,
+    /// Retries done so far in this state, per retrier.
+    pub retry_counts: Vec<u32>,
+    /// Not to be run before this (a Wait's deadline or a retry's delay).
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Bumped by every write; a write based on an older version is refused.
+    pub version: i64,
+}
+
+/// A change to an execution, written with its history events.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// A transition into `state` (a new transition; retry counters reset).
+    Enter {
+        /// The state entered.
+        state: String,
+        /// Its raw input.
+        input: Value,
+        /// Its deadline, for a Wait.
+        wake_at: Option<DateTime<Utc>>,
+    },
+    /// A task attempt starts now: the retry delay, if any, is over.
+    Attempt,
+    /// The task will be retried at `wake_at` (counted as a transition, as AWS bills it).
+    Retry {
+        /// Retries per retrier, including this one.
+        retry_counts: Vec<u32>,
+        /// When to retry.
+        wake_at: DateTime<Utc>,
+    },
+    /// The execution ends.
+    Finish {
+        /// Its final status.
+        status: ExecutionStatus,
+        /// Its output, when it succeeded.
+        output: Option<Value>,
+        /// Its error, when it failed.
+        error: Option<String>,
+        /// Its cause, when it failed.
+        cause: Option<String>,
+    },
+}
+
+/// The execution database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn ms(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+fn from_ms(value: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(value).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+fn status_text(status: ExecutionStatus) -> &'static str {
+    match status {
+        ExecutionStatus::Running => "RUNNING",
+        ExecutionStatus::Succeeded => "SUCCEEDED",
+        ExecutionStatus::Failed => "FAILED",
+        ExecutionStatus::Aborted => "ABORTED",
+        ExecutionStatus::TimedOut => "TIMED_OUT",
+    }
+}
+
+fn parse_status(text: &str) -> Result<ExecutionStatus, EngineError> {
+    serde_json::from_value(Value::String(text.to_string()))
+        .map_err(|_| EngineError::Corrupt(format!("unknown execution status {text:?}")))
+}
+
+fn parse_json(text: &str) -> Result<Value, EngineError> {
+    serde_json::from_str(text).map_err(|e| EngineError::Corrupt(format!("stored JSON: {e}")))
+}
+
+fn append_events(
+    tx: &Transaction<'_>,
+    name: &str,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<(), EngineError> {
+    let count: i64 = tx.query_row(
+        "SELECT history_events FROM executions WHERE name = ?1",
+        [name],
+        |row| row.get(0),
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO history (execution, seq, timestamp, event_type, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (i, event) in events.iter().enumerate() {
+        let seq = count + 1 + i64::try_from(i).unwrap_or(i64::MAX);
+        insert.execute(params![
+            name,
+            seq,
+            ms(now),
+            event.event_type,
+            event.state,
+            event.detail.to_string()
+        ])?;
+    }
+    tx.execute(
+        "UPDATE executions SET history_events = history_events + ?2 WHERE name = ?1",
+        params![name, i64::try_from(events.len()).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, EngineError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates an execution in `first_state`, unless one with this name exists.
+    pub fn insert(
+        &self,
+        name: &str,
+        input: &Value,
+        first_state: &str,
+        wake_at: Option<DateTime<Utc>>,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<StartOutcome, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT input FROM executions WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(existing) = existing {
+            return Ok(if parse_json(&existing)? == *input {
+                StartOutcome::AlreadyExists
+            } else {
+                StartOutcome::Conflict
+            });
+        }
+        tx.execute(
+            "INSERT INTO executions (name, input, status, current_state, state_input, state_entered_at, wake_at, started_at, transitions, version)
+             VALUES (?1, ?2, 'RUNNING', ?3, ?2, ?4, ?5, ?4, 1, 1)",
+            params![name, input.to_string(), first_state, ms(now), wake_at.map(ms)],
+        )?;
+        append_events(&tx, name, events, now)?;
+        tx.commit()?;
+        Ok(StartOutcome::Started)
+    }
+
+    /// Where execution `name` is, if it exists.
+    pub fn cursor(&self, name: &str) -> Result<Option<Cursor>, EngineError> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT status, input, started_at, current_state, state_input, state_entered_at, retry_counts, wake_at, version
+                 FROM executions WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, Option<i64>>(7)?,
+                        row.get::<_, i64>(8)?,
+                    ))
+                },
+            )
+            .optional()?;
+        drop(conn);
+        let Some((status, input, started, state, state_input, entered, retries, wake, version)) =
+            row
+        else {
+            return Ok(None);
+        };
+        let retry_counts = serde_json::from_str(&retries)
+            .map_err(|e| EngineError::Corrupt(format!("retry counts: {e}")))?;
+        Ok(Some(Cursor {
+            status: parse_status(&status)?,
+            input: parse_json(&input)?,
+            started_at: from_ms(started),
+            state,
+            state_input: parse_json(&state_input)?,
+            entered_at: from_ms(entered),
+            retry_counts,
+            wake_at: wake.map(from_ms),
+            version,
+        }))
+    }
+
+    /// Writes `update` and `events` if the execution is still RUNNING at `version`; returns
+    /// the new version, or `None` when it moved on (stopped, or another step won).
+    pub fn apply(
+        &self,
+        name: &str,
+        version: i64,
+        update: &Update,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let guard = "WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'";
+        let changed = match update {
+            Update::Enter {
+                state,
+                input,
+                wake_at,
+            } => tx.execute(
+                &format!(
+                    "UPDATE executions SET current_state = ?3, state_input = ?4, state_entered_at = ?5,
+                     wake_at = ?6, retry_counts = '[]', transitions = transitions + 1, version = version + 1 {guard}"
+                ),
+                params![name, version, state, input.to_string(), ms(now), wake_at.map(ms)],
+            )?,
+            Update::Attempt => tx.execute(
+                &format!("UPDATE executions SET wake_at = NULL, version = version + 1 {guard}"),
+                params![name, version],
+            )?,
+            Update::Retry {
+                retry_counts,
+                wake_at,
+            } => tx.execute(
+                &format!(
+                    "UPDATE executions SET retry_counts = ?3, wake_at = ?4, transitions = transitions + 1,
+                     version = version + 1 {guard}"
+                ),
+                params![
+                    name,
+                    version,
+                    serde_json::to_string(retry_counts).unwrap_or_else(|_| "[]".into()),
+                    ms(*wake_at)
+                ],
+            )?,
+            Update::Finish {
+                status,
+                output,
+                error,
+                cause,
+            } => tx.execute(
+                &format!(
+                    "UPDATE executions SET status = ?3, output = ?4, error = ?5, cause = ?6, stopped_at = ?7,
+                     wake_at = NULL, version = version + 1 {guard}"
+                ),
+                params![
+                    name,
+                    version,
+                    status_text(*status),
+                    output.as_ref().map(Value::to_string),
+                    error,
+                    cause,
+                    ms(now)
+                ],
+            )?,
+        };
+        if changed == 0 {
+            return Ok(None);
+        }
+        append_events(&tx, name, events, now)?;
+        tx.commit()?;
+        Ok(Some(version + 1))
+    }
+
+    /// Moves the wake-up time of `name` to `wake_at` if it is still at `version`.
+    pub fn set_wake(
+        &self,
+        name: &str,
+        version: i64,
+        wake_at: DateTime<Utc>,
+    ) -> Result<bool, EngineError> {
+        let changed = self.lock().execute(
+            "UPDATE executions SET wake_at = ?3 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
+            params![name, version, ms(wake_at)],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Names of running executions due now (no wake-up time, or one that has passed).
+    pub fn runnable(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name FROM executions WHERE status = 'RUNNING' AND (wake_at IS NULL OR wake_at <= ?1)
+             ORDER BY started_at",
+        )?;
+        let names = stmt
+            .query_map([ms(now)], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// The earliest wake-up time of a running execution, if any sleeps.
+    pub fn earliest_wake(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let earliest: Option<i64> = self.lock().query_row(
+            "SELECT MIN(wake_at) FROM executions WHERE status = 'RUNNING' AND wake_at IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(earliest.map(from_ms))
+    }
+
+    /// Whether any execution is running.
+    pub fn any_running(&self) -> Result<bool, EngineError> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM executions WHERE status = 'RUNNING'",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count > 0)
+    }
+
+    /// Aborts a running execution; `false` when it was not running.
+    pub fn abort(
+        &self,
+        name: &str,
+        error: &str,
+        cause: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE executions SET status = 'ABORTED', error = ?2, cause = ?3, stopped_at = ?4, wake_at = NULL,
+             version = version + 1 WHERE name = ?1 AND status = 'RUNNING'",
+            params![name, error, cause, ms(now)],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let event = NewEvent::new(
+            "ExecutionAborted",
+            None,
+            serde_json::json!({"error": error, "cause": cause}),
+        );
+        append_events(&tx, name, &[event], now)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Whether an execution named `name` exists.
+    pub fn exists(&self, name: &str) -> Result<bool, EngineError> {
+        let found: Option<i64> = self
+            .lock()
+            .query_row("SELECT 1 FROM executions WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// The execution named `name`, as callers see it.
+    pub fn view(&self, name: &str) -> Result<Option<ExecutionView>, EngineError> {
+        let views = self.views("WHERE name = ?1", params![name])?;
+        Ok(views.into_iter().next())
+    }
+
+    /// Executions newest first, at most `limit`, optionally with `status` only.
+    pub fn list(
+        &self,
+        status: Option<ExecutionStatus>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionView>, EngineError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match status {
+            Some(status) => self.views(
+                "WHERE status = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2",
+                params![status_text(status), limit],
+            ),
+            None => self.views(
+                "ORDER BY started_at DESC, rowid DESC LIMIT ?1",
+                params![limit],
+            ),
+        }
+    }
+
+    fn views(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<ExecutionView>, EngineError> {
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            i64,
+            i64,
+        );
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT name, status, input, output, error, cause, current_state, state_input, started_at,
+             stopped_at, transitions, history_events FROM executions {clause}"
+        ))?;
+        let rows = stmt
+            .query_map(args, |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                    row.get(7)?,
+                    row.get(8)?,
+                    row.get(9)?,
+                    row.get(10)?,
+                    row.get(11)?,
+                ))
+            })?
+            .collect::<Result<Vec<Row>, _>>()?;
+        drop(stmt);
+        drop(conn);
+        rows.into_iter()
+            .map(|r| {
+                Ok(ExecutionView {
+                    name: r.0,
+                    status: parse_status(&r.1)?,
+                    input: parse_json(&r.2)?,
+                    output: r.3.as_deref().map(parse_json).transpose()?,
+                    error: r.4,
+                    cause: r.5,
+                    current_state: Some(r.6),
+                    state_input: Some(parse_json(&r.7)?),
+                    started_at: from_ms(r.8),
+                    stopped_at: r.9.map(from_ms),
+                    transitions: u64::try_from(r.10).unwrap_or(0),
+                    history_events: u64::try_from(r.11).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes finished executions (and their history) that stopped before `before`.
+    pub fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM history WHERE execution IN (SELECT name FROM executions
+             WHERE status != 'RUNNING' AND stopped_at < ?1)",
+            [ms(before)],
+        )?;
+        let deleted = tx.execute(
+            "DELETE FROM executions WHERE status != 'RUNNING' AND stopped_at < ?1",
+            [ms(before)],
+        )?;
+        tx.commit()?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+
+    /// The history of `name`, in order.
+    pub fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([name], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        drop(conn);
+        rows.into_iter()
+            .map(|(seq, timestamp, event_type, state, detail)| {
+                Ok(HistoryEvent {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    timestamp: from_ms(timestamp),
+                    event_type,
+                    state,
+                    detail: parse_json(&detail)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn versions_guard_every_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let now = Utc::now();
+        let outcome = store
+            .insert("e", &json!({"a": 1}), "A", None, &[], now)
+            .expect("insert");
+        assert_eq!(outcome, StartOutcome::Started);
+        let cursor = store.cursor("e").expect("cursor").expect("exists");
+        assert_eq!(cursor.version, 1);
+        let update = Update::Enter {
+            state: "B".into(),
+            input: json!(2),
+            wake_at: None,
+        };
+        assert_eq!(
+            store.apply("e", 1, &update, &[], now).expect("apply"),
+            Some(2)
+        );
+        assert_eq!(store.apply("e", 1, &update, &[], now).expect("stale"), None);
+        assert!(store.abort("e", "E", "C", now).expect("abort"));
+        assert_eq!(
+            store.apply("e", 3, &update, &[], now).expect("aborted"),
+            None
+        );
+        let view = store.view("e").expect("view").expect("exists");
+        assert_eq!(view.status, ExecutionStatus::Aborted);
+        assert_eq!(view.current_state.as_deref(), Some("B"));
+        assert_eq!(view.transitions, 2);
+    }
+}
