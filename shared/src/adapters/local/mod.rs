@@ -1,1 +1,11 @@
 //! The embedded (one machine) adapters: SQLite secret store, local process workers.
+
+pub mod git;
+pub mod layout;
+pub mod limits;
+pub mod mask;
+pub mod supervisor;
+pub mod worker;
+
+pub use supervisor::supervise_from_stdin;
+pub use worker::{LocalWorker, LocalWorkerConfig};
