@@ -503,15 +503,18 @@ impl<'a> Supervisor<'a> {
         );
 
         let result = tokio::select! {
+            biased;
+            _ = self.sigterm.recv() => Err(Stop::Terminated),
+            _ = tokio::time::sleep_until(self.deadline) => Err(Stop::Timeout),
             status = child.wait() => match status {
+                // `terminate` signals the group too: its marker tells a cancel from an exit.
+                Ok(_) if self.worker.terminate_marker().exists() => Err(Stop::Terminated),
                 Ok(status) => Ok(status),
                 Err(e) => {
                     self.note(&format!("lost the process: {e}"));
                     Ok(failed_status())
                 }
             },
-            _ = tokio::time::sleep_until(self.deadline) => Err(Stop::Timeout),
-            _ = self.sigterm.recv() => Err(Stop::Terminated),
         };
         if result.is_err() {
             stop_group(&mut child, pgid).await;

@@ -539,3 +539,7 @@ impl WorkerBackend for LocalWorker {
         Ok(workers)
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;
