@@ -170,6 +170,6 @@ fn supervise(dir: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = runtime.block_on(taskrunner::adapters::local::worker::supervise_from_stdin(dir));
+    let code = runtime.block_on(taskrunner::adapters::local::supervise_from_stdin(dir));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

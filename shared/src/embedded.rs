@@ -131,7 +131,7 @@ impl Embedded {
             secrets: Arc::clone(&secrets),
             worker: worker.clone(),
             clock: Arc::clone(&clock),
-            callbacks: Arc::new(CallbackSender::new(policy.clone())),
+            callbacks: Arc::new(CallbackSender::new(policy.clone())?),
         });
         let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
         handlers.insert("submit".into(), Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Submit }));

@@ -1,3 +1,12 @@
 //! The embedded (one machine) adapters: SQLite secret store, local process workers.
 
+pub mod git;
+pub mod layout;
+pub mod limits;
+pub mod mask;
 pub mod secrets;
+pub mod supervisor;
+pub mod worker;
+
+pub use supervisor::supervise_from_stdin;
+pub use worker::{LocalWorker, LocalWorkerConfig};

@@ -1,0 +1,146 @@
+//! Where a local worker keeps its state, and the small helpers both sides use on it.
+//!
+//! The API server and the detached supervisor never talk to each other: they share a worker
+//! directory, `data_dir/workers/<task_id>/`, of small files written atomically.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::ports::TerminateReason;
+
+/// The files of one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerDir {
+    /// `data_dir/workers/<task_id>`.
+    pub dir: PathBuf,
+}
+
+impl WorkerDir {
+    /// The worker directory at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Created (exclusively) when a start spawns the supervisor.
+    pub fn start_lock(&self) -> PathBuf {
+        self.dir.join("started")
+    }
+    /// The supervisor's pid.
+    pub fn supervisor_pid(&self) -> PathBuf {
+        self.dir.join("supervisor.pid")
+    }
+    /// The pid (= process group id) of the process the supervisor runs now.
+    pub fn task_pgid(&self) -> PathBuf {
+        self.dir.join("task.pgid")
+    }
+    /// The current [`Phase`].
+    pub fn phase(&self) -> PathBuf {
+        self.dir.join("phase.json")
+    }
+    /// The [`crate::ports::TaskEnd`], once the task is over.
+    pub fn end(&self) -> PathBuf {
+        self.dir.join("end.json")
+    }
+    /// The [`TerminateMarker`], written before the worker is signalled.
+    pub fn terminate_marker(&self) -> PathBuf {
+        self.dir.join("terminate.json")
+    }
+    /// The task spec (secret names only), for terminate and list.
+    pub fn spec(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+    /// Until when a kept workspace stays (RFC 3339).
+    pub fn keep_until(&self) -> PathBuf {
+        self.dir.join("keep_until.json")
+    }
+    /// The supervisor's own stdout and stderr.
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+}
+
+/// What the supervisor is doing, as written to `phase.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Cloning, looking for the task file, running the startup script.
+    Preparing,
+    /// The task file runs.
+    Running {
+        /// Since when.
+        started_at: DateTime<Utc>,
+    },
+}
+
+/// Why a worker is being terminated, written before any signal is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminateMarker {
+    /// The reason given to `terminate`.
+    pub reason: TerminateReason,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes `value` as JSON to `path`, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads JSON from `path`; `None` when the file does not exist or does not parse.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Reads a pid written by [`write_pid`].
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+}
+
+/// Writes a pid, atomically.
+pub fn write_pid(path: &Path, pid: u32) -> io::Result<()> {
+    write_atomic(path, pid.to_string().as_bytes())
+}
+
+/// Whether a process with this pid exists (a zombie counts).
+pub fn process_exists(pid: i32) -> bool {
+    signal_ok(pid, 0)
+}
+
+/// Whether a process group with this id has any member left.
+pub fn group_exists(pgid: i32) -> bool {
+    signal_ok(-pgid, 0)
+}
+
+/// Sends `signal` to `target` (a pid, or minus a process group id). Refuses 0, 1 and -1.
+pub fn signal_ok(target: i32, signal: i32) -> bool {
+    if matches!(target, -1..=1) {
+        return false;
+    }
+    // SAFETY: kill only sends a signal; the target is never 0, 1 or -1 (ourselves, init, all).
+    let rc = unsafe { libc::kill(target, signal) };
+    // EPERM: it exists but belongs to someone else.
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(3);

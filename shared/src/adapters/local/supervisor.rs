@@ -1,0 +1,661 @@
+//! The supervisor: the detached process that runs one task and records how it ended.
+//!
+//! It is started by [`super::worker::LocalWorker::start`] as `taskrunner worker-supervise
+//! --dir <worker dir>` in its own session, so it outlives a crash or restart of the API server.
+//! It gets its input (the spec and the secret values) through its stdin pipe only, clones
+//! the repositories, runs the startup script and the task, masks secret values in the log,
+//! enforces the timeout, stops the task on SIGTERM, and writes `end.json`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::Instant;
+
+use super::git::{RepoClone, error_line};
+use super::layout::{
+    KILL_GRACE, Phase, TerminateMarker, WorkerDir, read_json, signal_ok, write_json, write_pid,
+};
+use super::limits::Limits;
+use super::mask::{LineMasker, Masker};
+use crate::ports::{Outcome, TaskEnd, TerminateReason};
+use crate::secret::Secret;
+use crate::task::{Interpreter, TaskSpec};
+
+/// Environment variables of the supervisor that the task inherits; everything else is dropped.
+const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "USER"];
+
+/// A secret value on its way to the supervisor: the only place a [`Secret`] is serialized,
+/// and only into the supervisor's stdin pipe.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PipedSecret(pub Secret);
+
+impl Serialize for PipedSecret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.expose())
+    }
+}
+
+/// A task secret: the value and the environment variable that receives it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSecret {
+    /// Environment variable name.
+    pub env: String,
+    /// The value.
+    pub value: PipedSecret,
+}
+
+/// What the supervisor reads from its stdin, as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SupervisorInput {
+    /// The task.
+    pub spec: TaskSpec,
+    /// The values of `spec.secrets`, in order.
+    pub task_secrets: Vec<TaskSecret>,
+    /// The token of each `spec.git` entry (same order), when it names a secret.
+    pub git_tokens: Vec<Option<PipedSecret>>,
+    /// The deployment's tasks directory, searched first for the task file.
+    pub tasks_dir: Option<PathBuf>,
+    /// The Python interpreter.
+    pub python: String,
+    /// The task's workspace.
+    pub workspace: PathBuf,
+    /// The task's log file.
+    pub log_file: PathBuf,
+}
+
+/// The body of `taskrunner worker-supervise --dir DIR`: reads the [`SupervisorInput`] JSON
+/// from stdin, runs the task, and returns the process exit code (0 once `end.json` is written).
+///
+/// Call it inside a tokio runtime with all drivers enabled (it waits on SIGTERM and timers).
+pub async fn supervise_from_stdin(dir: &Path) -> i32 {
+    let read = tokio::task::spawn_blocking(|| {
+        let mut raw = Vec::new();
+        std::io::stdin().read_to_end(&mut raw).map(|_| raw)
+    })
+    .await;
+    let input = match read {
+        Ok(Ok(raw)) => serde_json::from_slice::<SupervisorInput>(&raw).map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match input {
+        Ok(input) => supervise(dir, input).await,
+        Err(error) => {
+            let end = ended(
+                Outcome::Error,
+                None,
+                format!("the worker supervisor got no valid input on stdin: {error}"),
+                None,
+            );
+            record_end(&WorkerDir::new(dir), &end)
+        }
+    }
+}
+
+/// Runs the task described by `input`, keeping its state in the worker directory `dir`.
+/// Returns the process exit code: 0 once `end.json` is written.
+pub async fn supervise(dir: &Path, input: SupervisorInput) -> i32 {
+    let worker = WorkerDir::new(dir);
+    let deadline = Instant::now() + std::time::Duration::from_secs(input.spec.timeout_seconds);
+    if let Err(error) = write_pid(&worker.supervisor_pid(), std::process::id()) {
+        eprintln!(
+            "cannot write {}: {error}",
+            worker.supervisor_pid().display()
+        );
+    }
+    become_subreaper();
+    let end = match Supervisor::new(worker.clone(), &input, deadline) {
+        Ok(mut supervisor) => supervisor.run().await,
+        Err(reason) => ended(Outcome::Error, None, reason, None),
+    };
+    record_end(&worker, &end)
+}
+
+fn record_end(worker: &WorkerDir, end: &TaskEnd) -> i32 {
+    match write_json(&worker.end(), end) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("cannot write {}: {error}", worker.end().display());
+            1
+        }
+    }
+}
+
+/// Makes orphaned descendants of the task our children, so that we can reap them and their
+/// process group really disappears even where PID 1 does not reap.
+fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+fn ended(
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    reason: String,
+    started_at: Option<DateTime<Utc>>,
+) -> TaskEnd {
+    TaskEnd {
+        outcome,
+        exit_code,
+        reason: Some(reason),
+        started_at,
+        finished_at: Utc::now(),
+    }
+}
+
+/// Why a running command was stopped before it exited.
+enum Stop {
+    Timeout,
+    Terminated,
+}
+
+/// How a command ended, with the tail of its (masked) output.
+struct Exited {
+    status: ExitStatus,
+    tail: String,
+}
+
+struct Supervisor<'a> {
+    worker: WorkerDir,
+    input: &'a SupervisorInput,
+    masker: Masker,
+    log: Arc<Mutex<File>>,
+    deadline: Instant,
+    sigterm: Signal,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(
+        worker: WorkerDir,
+        input: &'a SupervisorInput,
+        deadline: Instant,
+    ) -> Result<Self, String> {
+        let sigterm = signal(SignalKind::terminate())
+            .map_err(|e| format!("the worker supervisor cannot watch SIGTERM: {e}"))?;
+        if let Some(logs) = input.log_file.parent() {
+            std::fs::create_dir_all(logs)
+                .map_err(|e| format!("cannot create the log directory {}: {e}", logs.display()))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&input.log_file)
+            .map_err(|e| format!("cannot open the log {}: {e}", input.log_file.display()))?;
+        let secrets = input
+            .task_secrets
+            .iter()
+            .map(|s| &s.value.0)
+            .chain(input.git_tokens.iter().flatten().map(|t| &t.0));
+        Ok(Self {
+            worker,
+            input,
+            masker: Masker::new(secrets),
+            log: Arc::new(Mutex::new(log)),
+            deadline,
+            sigterm,
+        })
+    }
+
+    async fn run(&mut self) -> TaskEnd {
+        if let Some(marker) = read_json::<TerminateMarker>(&self.worker.terminate_marker()) {
+            return end_for_marker(Some(marker.reason), None);
+        }
+        let _ = write_json(&self.worker.phase(), &Phase::Preparing);
+        let workspace = &self.input.workspace;
+        if let Err(e) = std::fs::create_dir_all(workspace.join(".tmp")) {
+            let reason = format!("cannot create the workspace {}: {e}", workspace.display());
+            return ended(Outcome::Error, None, reason, None);
+        }
+        if let Err(end) = self.clone_all().await {
+            return end;
+        }
+        let (file, root) = match self.locate_task_file() {
+            Ok(found) => found,
+            Err(reason) => return ended(Outcome::Error, None, reason, None),
+        };
+        if let Err(end) = self.run_startup_script().await {
+            return end;
+        }
+        self.run_task(&file, &root).await
+    }
+
+    async fn clone_all(&mut self) -> Result<(), TaskEnd> {
+        let input = self.input;
+        for (i, source) in input.spec.git.iter().enumerate() {
+            let clone = RepoClone {
+                source,
+                token: input
+                    .git_tokens
+                    .get(i)
+                    .and_then(|t| t.as_ref())
+                    .map(|t| &t.0),
+                bypass_ssl_verification: input.spec.bypass_ssl_verification,
+            };
+            let fail = |reason: String| ended(Outcome::Error, None, reason, None);
+            let destination = clone
+                .destination(&input.workspace)
+                .map_err(|e| fail(format!("git_configs[{i}]: {e}")))?;
+            if let Some(parent) = destination.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            self.note(&format!(
+                "cloning {} into {}",
+                clone.display_url(),
+                source.local_path
+            ));
+            for step in clone.steps(&destination) {
+                match self.run_logged(clone.command(&step), None).await {
+                    Ok(exited) if exited.status.success() => {}
+                    Ok(exited) => return Err(fail(clone.failure(&error_line(&exited.tail)))),
+                    Err(stop) => return Err(self.stopped(stop, None)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The task file and the directory it runs in: the tasks directory (copied into the
+    /// workspace) first, then the checkout of the first repository.
+    fn locate_task_file(&self) -> Result<(PathBuf, PathBuf), String> {
+        let input = self.input;
+        let name = input.spec.task_file.as_str();
+        let mut looked = Vec::new();
+        if let Some(tasks_dir) = &input.tasks_dir {
+            let candidate = tasks_dir.join(name);
+            if candidate.is_file() {
+                let copy = input.workspace.join("tasks");
+                copy_dir(tasks_dir, &copy).map_err(|e| {
+                    format!(
+                        "cannot copy the tasks directory {} into the workspace: {e}",
+                        tasks_dir.display()
+                    )
+                })?;
+                return Ok((copy.join(name), copy));
+            }
+            looked.push(format!("the tasks directory ({})", candidate.display()));
+        } else {
+            looked.push("the tasks directory (none configured)".to_owned());
+        }
+        match input.spec.git.first() {
+            Some(first) => {
+                let root = input.workspace.join(&first.local_path);
+                let candidate = root.join(name);
+                if candidate.is_file() {
+                    return Ok((candidate, root));
+                }
+                looked.push(format!(
+                    "the checkout of git_configs[0] ({})",
+                    candidate.display()
+                ));
+            }
+            None => looked.push("a git checkout (no git_configs given)".to_owned()),
+        }
+        Err(format!(
+            "task file {name:?} not found: looked in {}",
+            looked.join(" and in ")
+        ))
+    }
+
+    async fn run_startup_script(&mut self) -> Result<(), TaskEnd> {
+        let Some(script) = &self.input.spec.startup_script else {
+            return Ok(());
+        };
+        self.note("running the startup script");
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.input.workspace);
+        self.task_env(&mut command);
+        match self.run_logged(command, Some(self.limits())).await {
+            Ok(exited) if exited.status.success() => Ok(()),
+            Ok(exited) => Err(ended(
+                Outcome::Error,
+                exited.status.code(),
+                format!("the startup script failed ({})", describe(exited.status)),
+                None,
+            )),
+            Err(stop) => Err(self.stopped(stop, None)),
+        }
+    }
+
+    async fn run_task(&mut self, file: &Path, root: &Path) -> TaskEnd {
+        let mut command = match self.input.spec.task_file.interpreter() {
+            Interpreter::Python => {
+                let mut c = Command::new(&self.input.python);
+                c.arg("-u");
+                c
+            }
+            Interpreter::Bash => Command::new("bash"),
+        };
+        command.arg(file).current_dir(root);
+        self.task_env(&mut command);
+        let started_at = Utc::now();
+        let _ = write_json(&self.worker.phase(), &Phase::Running { started_at });
+        self.note(&format!("running {}", self.input.spec.task_file));
+        match self.run_logged(command, Some(self.limits())).await {
+            Ok(exited) => {
+                let status = exited.status;
+                let (outcome, reason) = match status.code() {
+                    Some(0) => (Outcome::Succeeded, None),
+                    Some(_) => (
+                        Outcome::Failed,
+                        Some(format!("the task {}", describe(status))),
+                    ),
+                    None => (
+                        Outcome::Failed,
+                        Some(format!("the task was {}", describe(status))),
+                    ),
+                };
+                TaskEnd {
+                    outcome,
+                    exit_code: status.code(),
+                    reason,
+                    started_at: Some(started_at),
+                    finished_at: Utc::now(),
+                }
+            }
+            Err(stop) => self.stopped(stop, Some(started_at)),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            cpus: self.input.spec.worker.cpus,
+            memory_mib: self.input.spec.worker.memory_mib,
+        }
+    }
+
+    /// The task's environment: cleared, then only what the task is meant to see.
+    fn task_env(&self, command: &mut Command) {
+        let input = self.input;
+        let spec = &input.spec;
+        command.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        command
+            .env("HOME", &input.workspace)
+            .env("TMPDIR", input.workspace.join(".tmp"))
+            .env("PYTHONUNBUFFERED", "1")
+            .envs(&spec.env);
+        for secret in &input.task_secrets {
+            command.env(&secret.env, secret.value.0.expose());
+        }
+        command
+            .env("TASKRUNNER_TASK_ID", spec.task_id.as_str())
+            .env("TASKRUNNER_WORKSPACE", &input.workspace);
+        let optional = [
+            ("LOG_LEVEL", &spec.log_level),
+            ("MODULES_LOG_LEVEL", &spec.modules_log_level),
+            ("TASKRUNNER_OWNER_EMAIL", &spec.email),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                command.env(name, value);
+            }
+        }
+    }
+
+    /// A line of our own in the task log.
+    fn note(&self, text: &str) {
+        let line = format!("[taskrunner] {}\n", self.masker.mask_str(text));
+        if let Ok(mut log) = self.log.lock() {
+            let _ = log.write_all(line.as_bytes());
+        }
+    }
+
+    /// The end of a task stopped by the timeout or by SIGTERM.
+    fn stopped(&self, stop: Stop, started_at: Option<DateTime<Utc>>) -> TaskEnd {
+        match stop {
+            Stop::Timeout => {
+                let reason = format!(
+                    "the task ran past its timeout of {} seconds and was stopped",
+                    self.input.spec.timeout_seconds
+                );
+                self.note(&reason);
+                ended(Outcome::TimedOut, None, reason, started_at)
+            }
+            Stop::Terminated => {
+                let marker = read_json::<TerminateMarker>(&self.worker.terminate_marker());
+                let end = end_for_marker(marker.map(|m| m.reason), started_at);
+                if let Some(reason) = &end.reason {
+                    self.note(reason);
+                }
+                end
+            }
+        }
+    }
+
+    /// Runs `command` in its own process group, its output masked into the log, until it
+    /// exits, the deadline passes, or SIGTERM arrives (then its group is stopped).
+    async fn run_logged(
+        &mut self,
+        mut command: Command,
+        limits: Option<Limits>,
+    ) -> Result<Exited, Stop> {
+        let (reader, writer) = match pipe() {
+            Ok(ends) => ends,
+            Err(e) => {
+                self.note(&format!("cannot create a pipe: {e}"));
+                return Ok(Exited {
+                    status: failed_status(),
+                    tail: e.to_string(),
+                });
+            }
+        };
+        let stderr = match writer.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                return Ok(Exited {
+                    status: failed_status(),
+                    tail: e.to_string(),
+                });
+            }
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(limits) = limits {
+            // SAFETY: Limits::apply makes only system calls, safe between fork and exec.
+            unsafe {
+                command.pre_exec(move || limits.apply());
+            }
+        }
+        let spawned = command.spawn();
+        // Our copies of the pipe's write end must go, or the reader never sees the end.
+        drop(command);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let tail = format!("cannot start the process: {e}");
+                self.note(&tail);
+                return Ok(Exited {
+                    status: failed_status(),
+                    tail,
+                });
+            }
+        };
+        let pgid = child.id().map_or(0, |id| id as i32);
+        let _ = write_pid(&self.worker.task_pgid(), pgid as u32);
+        let pump = pump_output(
+            reader,
+            LineMasker::new(self.masker.clone()),
+            self.log.clone(),
+        );
+
+        let result = tokio::select! {
+            biased;
+            _ = self.sigterm.recv() => Err(Stop::Terminated),
+            _ = tokio::time::sleep_until(self.deadline) => Err(Stop::Timeout),
+            status = child.wait() => match status {
+                // `terminate` signals the group too: its marker tells a cancel from an exit.
+                Ok(_) if self.worker.terminate_marker().exists() => Err(Stop::Terminated),
+                Ok(status) => Ok(status),
+                Err(e) => {
+                    self.note(&format!("lost the process: {e}"));
+                    Ok(failed_status())
+                }
+            },
+        };
+        if result.is_err() {
+            stop_group(&mut child, pgid).await;
+        }
+        // Background processes may keep the pipe open: do not wait for them forever.
+        let tail = tokio::time::timeout(std::time::Duration::from_secs(2), pump)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        result.map(|status| Exited { status, tail })
+    }
+}
+
+/// The end when the task was stopped by `terminate` (or by someone else's SIGTERM).
+fn end_for_marker(reason: Option<TerminateReason>, started_at: Option<DateTime<Utc>>) -> TaskEnd {
+    let (outcome, text) = match reason {
+        Some(TerminateReason::Cancelled) => (Outcome::Cancelled, "the task was cancelled"),
+        Some(TerminateReason::TimedOut) => (
+            Outcome::TimedOut,
+            "the task ran past its timeout and was stopped",
+        ),
+        Some(TerminateReason::Completed | TerminateReason::Cleanup) => (
+            Outcome::Cancelled,
+            "the worker was terminated by the cleanup sweep",
+        ),
+        None => (
+            Outcome::Error,
+            "the worker was stopped by a SIGTERM that did not come from taskrunner",
+        ),
+    };
+    ended(outcome, None, text.to_owned(), started_at)
+}
+
+/// SIGTERM to the group, SIGKILL after the grace period, then reap what is left of it.
+async fn stop_group(child: &mut Child, pgid: i32) {
+    signal_ok(-pgid, libc::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        signal_ok(-pgid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Whatever of the group outlived its leader (a `sleep` in a script) goes too.
+    signal_ok(-pgid, libc::SIGKILL);
+    reap_group(pgid).await;
+}
+
+/// Reaps the group's orphans, which came to us as the subreaper.
+async fn reap_group(pgid: i32) {
+    for _ in 0..50 {
+        let mut status = 0;
+        // SAFETY: waitpid on the group's members only; tokio has already reaped the leader.
+        let pid = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
+        if pid < 0 {
+            return; // no child left in the group
+        }
+        if pid == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Reads the pipe in a thread, masks line by line, appends to the log; gives back the last
+/// lines of output (masked) at the end of the stream.
+fn pump_output(
+    reader: OwnedFd,
+    mut masker: LineMasker,
+    log: Arc<Mutex<File>>,
+) -> tokio::sync::oneshot::Receiver<String> {
+    let (done, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut reader = File::from(reader);
+        let mut tail: VecDeque<u8> = VecDeque::new();
+        let mut buf = [0u8; 8192];
+        let write = |bytes: &[u8], tail: &mut VecDeque<u8>| {
+            if bytes.is_empty() {
+                return;
+            }
+            if let Ok(mut log) = log.lock() {
+                let _ = log.write_all(bytes);
+            }
+            tail.extend(bytes);
+            while tail.len() > 4096 {
+                tail.pop_front();
+            }
+        };
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => write(&masker.push(&buf[..n]), &mut tail),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        write(&masker.finish(), &mut tail);
+        let tail: Vec<u8> = tail.into();
+        let _ = done.send(String::from_utf8_lossy(&tail).into_owned());
+    });
+    receiver
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn failed_status() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus::from_raw(127 << 8)
+}
+
+/// "exited with code 2", "killed by signal 9".
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended for an unknown reason".to_owned(),
+    }
+}
+
+/// Copies a directory tree (files and directories; links are followed).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &target)?;
+        } else if path.is_file() {
+            std::fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
+}
