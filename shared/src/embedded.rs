@@ -19,7 +19,7 @@ use crate::auth::ApiKeys;
 use crate::callback::{CallbackPolicy, CallbackSender, check_callback_url};
 use crate::config::Config;
 use crate::engine::{Engine, TaskFailure, TaskHandler};
-use crate::ports::{Clock, SecretStore, WorkerBackend};
+use crate::ports::{Clock, SecretStore};
 use crate::secret::Secret;
 use crate::service::TaskService;
 use crate::steps::{self, CleanupReport, StepError, Steps, errors};

@@ -85,13 +85,15 @@ impl TaskService {
     /// Validates and starts a task. The same request again returns the existing task;
     /// another request under the same task id is a 409.
     pub async fn submit(&self, body: &[u8]) -> Result<Submitted, ApiError> {
-        let rules = Rules {
-            config: &self.config,
-            allow_local_repositories: self.allow_local_repositories,
-            base_dir: &self.base_dir,
-            check_callback_url: &*self.check_callback_url,
+        let accepted = {
+            let rules = Rules {
+                config: &self.config,
+                allow_local_repositories: self.allow_local_repositories,
+                base_dir: &self.base_dir,
+                check_callback_url: &*self.check_callback_url,
+            };
+            parse_request(body, &rules).map_err(|err| ApiError::new(err.status, err.message))?
         };
-        let accepted = parse_request(body, &rules).map_err(|err| ApiError::new(err.status, err.message))?;
         let task_id = accepted.spec.task_id.to_string();
         let input = json!({ "task": accepted.spec });
         let conflict = || {

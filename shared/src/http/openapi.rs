@@ -19,7 +19,7 @@ pub fn build() -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|settings| settings.definitions_path = "/components/schemas".into())
         .into_generator();
-    let mut schema = |name: &str, schema: schemars::Schema| (name.to_owned(), schema.to_value());
+    let schema = |name: &str, schema: schemars::Schema| (name.to_owned(), schema.to_value());
     let named = [
         schema("TaskRunnerRequest", generator.subschema_for::<TaskRunnerRequest>()),
         schema("TaskRunnerResponse", generator.subschema_for::<TaskRunnerResponse>()),

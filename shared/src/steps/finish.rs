@@ -68,12 +68,12 @@ impl FinishOutput {
 ///
 /// A receiver that refuses (non-2xx) or cannot be reached gives `TaskRunner.CallbackFailed`,
 /// which the state machine retries with backoff; the same `webhook-id` is sent every time.
+#[tracing::instrument(name = "finish", skip_all, fields(task_id = %input.task.task_id))]
 pub async fn finish_and_callback(
     steps: &Steps,
     input: FinishInput,
 ) -> Result<FinishOutput, StepError> {
     let FinishInput { task, run, error } = input;
-    let _span = tracing::info_span!("finish", task_id = %task.task_id).entered();
     let now = steps.clock.now();
     let handle = match &run {
         Some(run) => run.worker.clone(),

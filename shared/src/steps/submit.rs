@@ -3,9 +3,9 @@
 use super::{ExecutionInput, RunState, StepError, Steps, errors};
 
 /// Starts the task's worker (idempotent per task id) and schedules the first poll.
+#[tracing::instrument(name = "submit", skip_all, fields(task_id = %input.task.task_id))]
 pub async fn submit(steps: &Steps, input: ExecutionInput) -> Result<RunState, StepError> {
     let task = &input.task;
-    let _span = tracing::info_span!("submit", task_id = %task.task_id).entered();
     let worker = steps
         .worker
         .start(task)
