@@ -538,3 +538,65 @@ async fn the_end_hook_fires_when_a_task_ends() {
         .unwrap();
     assert_eq!(id.as_deref(), Some("hook-task"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_startup_script_is_an_error_and_the_task_never_runs() {
+    let fx = Fixture::new(&[("x.sh", "echo task ran\n")], &[]);
+    let mut spec = spec("startup-fails", "x.sh");
+    spec.startup_script = Some("echo preparing in $PWD; exit 3".into());
+    let (end, log) = fx.run(&spec).await;
+    assert_eq!(end.outcome, Outcome::Error, "{end:?}");
+    assert_eq!(
+        end.reason.as_deref(),
+        Some("the startup script failed (exited with code 3)")
+    );
+    assert!(
+        log.contains("preparing in") && log.contains("workspaces/startup-fails"),
+        "{log}"
+    );
+    assert!(!log.contains("task ran"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_reattach_still_reports_the_end() {
+    let fx = Fixture::new(&[("x.sh", "sleep 0.5\n")], &[]);
+    let spec = spec("reattached", "x.sh");
+    fx.worker.start(&spec).await.unwrap();
+    // A second backend over the same data directory plays the restarted server.
+    let mut restarted =
+        LocalWorker::new(fx.worker.config.clone(), Arc::new(MemorySecrets::default()));
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    restarted.on_task_end(Arc::new(move |id: &str| {
+        let _ = sender.send(id.to_owned());
+    }));
+    restarted.reattach();
+    let id = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+        .await
+        .unwrap();
+    assert_eq!(id.as_deref(), Some("reattached"));
+    let handle = restarted.handle_for(&spec.task_id);
+    let status = restarted.status(&handle).await.unwrap();
+    assert!(matches!(
+        status.task,
+        TaskPhase::Ended(TaskEnd {
+            outcome: Outcome::Succeeded,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_supervisor_that_vanished_is_reported_as_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let worker = WorkerDir::new(root.path());
+    let mut gone = StdCommand::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(worker.start_lock(), "").unwrap();
+    super::super::layout::write_pid(&worker.supervisor_pid(), pid).unwrap();
+    let TaskPhase::Ended(end) = task_phase(&worker) else {
+        panic!("not ended");
+    };
+    assert_eq!(end.outcome, Outcome::Error);
+    assert!(end.reason.unwrap().contains("vanished"));
+}
