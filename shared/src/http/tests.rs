@@ -112,7 +112,7 @@ async fn bad_requests_name_the_field_and_start_nothing() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         let message = answer["message"].as_str().unwrap();
         assert!(message.contains(field), "{message:?} should name {field}");
-        let id = body["task_id"].as_str().unwrap_or("none");
+        let id = body["task_id"].as_str().unwrap_or("none").replace(' ', "%20");
         let (status, _) = call(&harness, "GET", &format!("/task-runner/{id}"), Some(KEY), vec![]).await;
         assert_ne!(status, StatusCode::OK, "nothing was started for {body}");
     }

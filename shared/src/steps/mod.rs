@@ -168,3 +168,5 @@ fn phase_name(phase: &crate::ports::TaskPhase) -> &'static str {
 
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

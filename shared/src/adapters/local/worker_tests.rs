@@ -149,7 +149,6 @@ fn spec(task_id: &str, task_file: &str) -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds: 60,
         email: None,
-        submitted_at: Utc::now(),
     }
 }
 
