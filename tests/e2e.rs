@@ -23,15 +23,23 @@ fn request(task_id: &str, task_file: &str, callback: &Receiver) -> Value {
     })
 }
 
-async fn callbacks_for(receiver: &Receiver, task_id: &str, count: usize) -> Vec<support::receiver::Received> {
-    eventually(WAIT, &format!("{count} callback(s) for {task_id}"), async || {
-        let found: Vec<_> = receiver
-            .received()
-            .into_iter()
-            .filter(|r| r.json()["task_id"] == task_id)
-            .collect();
-        (found.len() >= count).then_some(found)
-    })
+async fn callbacks_for(
+    receiver: &Receiver,
+    task_id: &str,
+    count: usize,
+) -> Vec<support::receiver::Received> {
+    eventually(
+        WAIT,
+        &format!("{count} callback(s) for {task_id}"),
+        async || {
+            let found: Vec<_> = receiver
+                .received()
+                .into_iter()
+                .filter(|r| r.json()["task_id"] == task_id)
+                .collect();
+            (found.len() >= count).then_some(found)
+        },
+    )
     .await
 }
 
@@ -45,9 +53,18 @@ fn set_secret(data_dir: &Path, name: &str, value: &str) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,40 +74,73 @@ async fn python_and_bash_tasks_succeed_and_a_failing_task_reports_its_output() {
     let receiver = Receiver::start(vec![]).await;
     let server = Server::start(&tmp.path().join("data"), &tmp.path().join("tasks"), &[]);
 
-    for (id, file) in [("py-ok", "ok.py"), ("sh-ok", "ok.sh"), ("sh-fail", "fail.sh")] {
+    for (id, file) in [
+        ("py-ok", "ok.py"),
+        ("sh-ok", "ok.sh"),
+        ("sh-fail", "fail.sh"),
+    ] {
         let (status, body) = server.submit(&request(id, file, &receiver)).await;
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["success"], true);
         assert_eq!(body["task_id"], id);
-        assert_eq!(body["status_url"], format!("{}/task-runner/{id}", server.url));
+        assert_eq!(
+            body["status_url"],
+            format!("{}/task-runner/{id}", server.url)
+        );
     }
 
     let py = callbacks_for(&receiver, "py-ok", 1).await.remove(0);
-    assert_eq!(py.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        py.header("content-type").as_deref(),
+        Some("application/json")
+    );
     let py = py.json();
-    assert!(py.is_object(), "the callback body is one JSON object, not a string");
+    assert!(
+        py.is_object(),
+        "the callback body is one JSON object, not a string"
+    );
     assert_eq!(py["task_name"], "ok.py");
     assert_eq!(py["success"], true);
     assert_eq!(py["status"], "succeeded");
     assert_eq!(py["exit_code"], 0);
-    assert!(py["logs"].as_str().unwrap().contains("python says hi hello"), "{py}");
+    assert!(
+        py["logs"]
+            .as_str()
+            .unwrap()
+            .contains("python says hi hello"),
+        "{py}"
+    );
     assert!(py["duration_seconds"].as_f64().is_some());
 
     let sh_ok = callbacks_for(&receiver, "sh-ok", 1).await.remove(0).json();
-    assert!(sh_ok["logs"].as_str().unwrap().contains("bash says hi hello"), "{sh_ok}");
+    assert!(
+        sh_ok["logs"]
+            .as_str()
+            .unwrap()
+            .contains("bash says hi hello"),
+        "{sh_ok}"
+    );
     assert_eq!(sh_ok["success"], true);
 
-    let failed = callbacks_for(&receiver, "sh-fail", 1).await.remove(0).json();
+    let failed = callbacks_for(&receiver, "sh-fail", 1)
+        .await
+        .remove(0)
+        .json();
     assert_eq!(failed["success"], false);
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["exit_code"], 3);
     let logs = failed["logs"].as_str().unwrap();
-    assert!(logs.contains("about to fail") && logs.contains("bad things"), "{logs}");
+    assert!(
+        logs.contains("about to fail") && logs.contains("bad things"),
+        "{logs}"
+    );
 
     let status = server.status("sh-fail").await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["callback"]["delivered"], true);
-    let (code, tail) = server.call(reqwest::Method::GET, "/task-runner/sh-fail/logs", None).await;
+    let (code, tail) = server
+        .call(reqwest::Method::GET, "/task-runner/sh-fail/logs", None)
+        .await;
     assert_eq!(code, 200);
     assert!(tail["logs"].as_str().unwrap().contains("bad things"));
 }
@@ -101,7 +151,14 @@ async fn clones_need_the_right_token_and_failures_name_the_secret() {
     write_tasks(&tmp.path().join("tasks"));
     let repos = tmp.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
-    create_repository(&repos, "models", &[("deploy/run.py", "print('deployed from git')\n"), ("README", "models\n")]);
+    create_repository(
+        &repos,
+        "models",
+        &[
+            ("deploy/run.py", "print('deployed from git')\n"),
+            ("README", "models\n"),
+        ],
+    );
     let git = GitServer::start(&repos, "tok-right-1234").await;
     let data = tmp.path().join("data");
     set_secret(&data, "GIT_PAT", "tok-right-1234");
@@ -117,23 +174,47 @@ async fn clones_need_the_right_token_and_failures_name_the_secret() {
             "callback_url": receiver.url,
         })
     };
-    for (id, secret) in [("right", "GIT_PAT"), ("wrong", "WRONG_PAT"), ("missing", "NO_SUCH_SECRET")] {
+    for (id, secret) in [
+        ("right", "GIT_PAT"),
+        ("wrong", "WRONG_PAT"),
+        ("missing", "NO_SUCH_SECRET"),
+    ] {
         let (status, body) = server.submit(&with_secret(id, secret)).await;
         assert_eq!(status, 202, "{body}");
     }
     let right = callbacks_for(&receiver, "right", 1).await.remove(0).json();
     assert_eq!(right["success"], true, "{right}");
-    assert!(right["logs"].as_str().unwrap().contains("deployed from git"));
+    assert!(
+        right["logs"]
+            .as_str()
+            .unwrap()
+            .contains("deployed from git")
+    );
 
     let wrong = callbacks_for(&receiver, "wrong", 1).await.remove(0).json();
     assert_eq!(wrong["success"], false);
     assert_eq!(wrong["status"], "error");
-    assert!(wrong["reason"].as_str().unwrap().contains("WRONG_PAT"), "{wrong}");
-    assert!(wrong["logs"].as_str().unwrap().contains("WRONG_PAT"), "seed clients read only logs: {wrong}");
+    assert!(
+        wrong["reason"].as_str().unwrap().contains("WRONG_PAT"),
+        "{wrong}"
+    );
+    assert!(
+        wrong["logs"].as_str().unwrap().contains("WRONG_PAT"),
+        "seed clients read only logs: {wrong}"
+    );
 
-    let missing = callbacks_for(&receiver, "missing", 1).await.remove(0).json();
+    let missing = callbacks_for(&receiver, "missing", 1)
+        .await
+        .remove(0)
+        .json();
     assert_eq!(missing["success"], false);
-    assert!(missing["reason"].as_str().unwrap().contains("NO_SUCH_SECRET"), "{missing}");
+    assert!(
+        missing["reason"]
+            .as_str()
+            .unwrap()
+            .contains("NO_SUCH_SECRET"),
+        "{missing}"
+    );
     assert!(!server.logs().contains("tok-right-1234"));
 }
 
@@ -143,7 +224,11 @@ async fn the_original_clients_request_runs_unchanged() {
     let tasks = tmp.path().join("tasks");
     write_tasks(&tasks);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(manifest.join("../examples/tasks/deployer_task.py"), tasks.join("deployer_task.py")).unwrap();
+    std::fs::copy(
+        manifest.join("../examples/tasks/deployer_task.py"),
+        tasks.join("deployer_task.py"),
+    )
+    .unwrap();
     let model_dir = tmp.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("model.bin"), "weights").unwrap();
@@ -178,15 +263,26 @@ async fn the_original_clients_request_runs_unchanged() {
         "terminate_on_completion": false,
     });
     let double_encoded = serde_json::to_string(&payload.to_string()).unwrap();
-    let (status, body) = server.call(reqwest::Method::POST, "/task-runner/", Some(double_encoded)).await;
+    let (status, body) = server
+        .call(reqwest::Method::POST, "/task-runner/", Some(double_encoded))
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["success"], true);
     assert_eq!(body["message"], "Started Task successfully");
 
-    let callback = callbacks_for(&receiver, "model-deployment-task-1", 1).await.remove(0).json();
+    let callback = callbacks_for(&receiver, "model-deployment-task-1", 1)
+        .await
+        .remove(0)
+        .json();
     assert_eq!(callback["success"], true, "{callback}");
     assert_eq!(callback["task_name"], "deployer_task.py");
-    assert!(callback["logs"].as_str().unwrap().contains("Deploying sample-model"), "{callback}");
+    assert!(
+        callback["logs"]
+            .as_str()
+            .unwrap()
+            .contains("Deploying sample-model"),
+        "{callback}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +297,13 @@ async fn the_same_request_twice_runs_once_and_another_body_is_a_conflict() {
     let (second, answer) = server.submit(&body).await;
     assert_eq!((first, second), (202, 202));
     assert_eq!(answer["task_id"], "once");
-    assert!(answer["message"].as_str().unwrap().contains("already accepted"), "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("already accepted"),
+        "{answer}"
+    );
 
     let mut other = body.clone();
     other["task_file_name"] = json!("fail.sh");
@@ -211,9 +313,16 @@ async fn the_same_request_twice_runs_once_and_another_body_is_a_conflict() {
 
     callbacks_for(&receiver, "once", 1).await;
     let (third, _) = server.submit(&body).await;
-    assert_eq!(third, 202, "the same request after the end still returns the task");
+    assert_eq!(
+        third, 202,
+        "the same request after the end still returns the task"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let count = receiver.received().iter().filter(|r| r.json()["task_id"] == "once").count();
+    let count = receiver
+        .received()
+        .iter()
+        .filter(|r| r.json()["task_id"] == "once")
+        .count();
     assert_eq!(count, 1, "one run, one callback");
 }
 
@@ -227,7 +336,7 @@ async fn a_killed_server_resumes_every_task_after_restart() {
     let mut server = Server::start(&data, &tasks, &[]);
 
     let mut body = request("survivor", "sleep.sh", &receiver);
-    body["worker_config"]["env_variables"]["SLEEP_SECONDS"] = json!(3);
+    body["worker_config"]["env_variables"]["SLEEP_SECONDS"] = json!(4);
     let (status, _) = server.submit(&body).await;
     assert_eq!(status, 202);
     eventually(WAIT, "the task to run", async || {
@@ -252,17 +361,26 @@ async fn a_refusing_receiver_gets_the_callback_again_with_the_same_webhook_id() 
     let tmp = tempfile::tempdir().unwrap();
     write_tasks(&tmp.path().join("tasks"));
     let data = tmp.path().join("data");
-    set_secret(&data, "callback-signing", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    set_secret(
+        &data,
+        "callback-signing",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
     let receiver = Receiver::start(vec![500, 500]).await;
     let server = Server::start(&data, &tmp.path().join("tasks"), &[]);
     let (status, _) = server.submit(&request("retried", "ok.sh", &receiver)).await;
     assert_eq!(status, 202);
 
     let attempts = callbacks_for(&receiver, "retried", 3).await;
-    let ids: Vec<_> = attempts.iter().map(|a| a.header("webhook-id").unwrap()).collect();
+    let ids: Vec<_> = attempts
+        .iter()
+        .map(|a| a.header("webhook-id").unwrap())
+        .collect();
     assert_eq!(ids, vec!["msg_retried"; 3]);
     let last = &attempts[2];
-    let secrets = [taskrunner::secret::Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+    let secrets = [taskrunner::secret::Secret::new(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )];
     taskrunner::callback::verify(
         (
             &last.header("webhook-id").unwrap(),
@@ -289,11 +407,15 @@ async fn a_cancelled_task_loses_its_whole_process_group_and_says_cancelled() {
     write_tasks(&tmp.path().join("tasks"));
     let receiver = Receiver::start(vec![]).await;
     let server = Server::start(&tmp.path().join("data"), &tmp.path().join("tasks"), &[]);
-    let (status, _) = server.submit(&request("doomed", "spawn.sh", &receiver)).await;
+    let (status, _) = server
+        .submit(&request("doomed", "spawn.sh", &receiver))
+        .await;
     assert_eq!(status, 202);
 
     let logs = eventually(WAIT, "the task to report its group", async || {
-        let (_, tail) = server.call(reqwest::Method::GET, "/task-runner/doomed/logs", None).await;
+        let (_, tail) = server
+            .call(reqwest::Method::GET, "/task-runner/doomed/logs", None)
+            .await;
         let logs = tail["logs"].as_str().unwrap_or_default().to_owned();
         logs.contains("group ").then_some(logs)
     })
@@ -305,15 +427,26 @@ async fn a_cancelled_task_loses_its_whole_process_group_and_says_cancelled() {
             .unwrap_or_else(|| panic!("no {prefix:?} in {logs}"))
     };
     let (child, group) = (number("child "), number("group "));
-    assert!(unsafe { libc::kill(-group, 0) } == 0, "the group runs before the cancel");
+    assert!(
+        unsafe { libc::kill(-group, 0) } == 0,
+        "the group runs before the cancel"
+    );
 
-    let (code, answer) = server.call(reqwest::Method::DELETE, "/task-runner/doomed", None).await;
+    let (code, answer) = server
+        .call(reqwest::Method::DELETE, "/task-runner/doomed", None)
+        .await;
     assert_eq!(code, 200, "{answer}");
     let callback = callbacks_for(&receiver, "doomed", 1).await.remove(0).json();
     assert_eq!(callback["status"], "cancelled", "{callback}");
     assert_eq!(callback["success"], false);
-    assert!(unsafe { libc::kill(-group, 0) } != 0, "the process group is gone");
-    assert!(unsafe { libc::kill(child, 0) } != 0, "the background child is gone");
+    assert!(
+        unsafe { libc::kill(-group, 0) } != 0,
+        "the process group is gone"
+    );
+    assert!(
+        unsafe { libc::kill(child, 0) } != 0,
+        "the background child is gone"
+    );
     assert_eq!(server.status("doomed").await["status"], "cancelled");
 }
 
@@ -363,7 +496,11 @@ async fn a_canary_secret_never_leaks() {
     assert_eq!(status, 202, "{answer}");
     assert!(!answer.to_string().contains(CANARY));
     let received = callbacks_for(&receiver, "leaky", 1).await.remove(0);
-    assert_eq!(received.header("authorization"), Some(format!("Bearer {CANARY}")), "the receiver gets its token");
+    assert_eq!(
+        received.header("authorization"),
+        Some(format!("Bearer {CANARY}")),
+        "the receiver gets its token"
+    );
     let callback = received.json();
     assert_eq!(callback["success"], true, "{callback}");
     let logs = callback["logs"].as_str().unwrap();
@@ -409,5 +546,11 @@ fn the_readme_command_runs_the_hello_example_offline() {
     );
     let callback: Value = serde_json::from_str(&stdout).expect("the callback body on stdout");
     assert_eq!(callback["success"], true);
-    assert!(callback["logs"].as_str().unwrap().contains("hello from taskrunner"), "{callback}");
+    assert!(
+        callback["logs"]
+            .as_str()
+            .unwrap()
+            .contains("hello from taskrunner"),
+        "{callback}"
+    );
 }

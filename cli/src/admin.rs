@@ -65,7 +65,8 @@ pub enum ApiKeyCommand {
 
 fn open_store(data: &DataArgs) -> Result<LocalSecretStore> {
     let dir = data_dir(data)?;
-    LocalSecretStore::open(&dir).map_err(|err| anyhow::anyhow!("secret store in {}: {err}", dir.display()))
+    LocalSecretStore::open(&dir)
+        .map_err(|err| anyhow::anyhow!("secret store in {}: {err}", dir.display()))
 }
 
 fn age(since: chrono::DateTime<Utc>) -> String {
@@ -82,14 +83,18 @@ fn age(since: chrono::DateTime<Utc>) -> String {
 pub async fn secret(command: SecretCommand) -> Result<ExitCode> {
     match command {
         SecretCommand::Set { name, data } => {
-            taskrunner::validate::check_secret_name("NAME", &name).map_err(|err| anyhow::anyhow!(err.message))?;
+            taskrunner::validate::check_secret_name("NAME", &name)
+                .map_err(|err| anyhow::anyhow!(err.message))?;
             let value = read_value(&name)?;
             open_store(&data)?.put(&name, &value).await?;
             eprintln!("secret {name} stored");
         }
         SecretCommand::List { data } => {
             let entries = open_store(&data)?.list("").await?;
-            let user: Vec<_> = entries.into_iter().filter(|entry| !entry.name.starts_with("taskrunner-")).collect();
+            let user: Vec<_> = entries
+                .into_iter()
+                .filter(|entry| !entry.name.starts_with("taskrunner-"))
+                .collect();
             if user.is_empty() {
                 eprintln!("no secrets; add one with `taskrunner secret set NAME`");
             }
@@ -113,7 +118,10 @@ fn read_value(name: &str) -> Result<Secret> {
         read_without_echo(&format!("value for {name}: "))?
     } else {
         let mut value = String::new();
-        stdin.lock().read_to_string(&mut value).context("cannot read the value from stdin")?;
+        stdin
+            .lock()
+            .read_to_string(&mut value)
+            .context("cannot read the value from stdin")?;
         value
     };
     let value = value.trim_end_matches(['\r', '\n']).to_owned();
@@ -149,11 +157,16 @@ fn read_without_echo(prompt: &str) -> Result<String> {
 
 /// Runs an `api-key` command.
 pub async fn api_key(command: ApiKeyCommand) -> Result<ExitCode> {
-    let keys = |data: &DataArgs| -> Result<ApiKeys> { Ok(ApiKeys::new(Arc::new(open_store(data)?), None)) };
+    let keys = |data: &DataArgs| -> Result<ApiKeys> {
+        Ok(ApiKeys::new(Arc::new(open_store(data)?), None))
+    };
     match command {
         ApiKeyCommand::Create { name, data } => {
             let (record, key) = keys(&data)?.create(&name).await?;
-            eprintln!("api key {} (id {}) created; it is shown only now:", record.name, record.id);
+            eprintln!(
+                "api key {} (id {}) created; it is shown only now:",
+                record.name, record.id
+            );
             println!("{}", key.expose());
         }
         ApiKeyCommand::List { data } => {
@@ -162,7 +175,12 @@ pub async fn api_key(command: ApiKeyCommand) -> Result<ExitCode> {
                 eprintln!("no api keys; create one with `taskrunner api-key create --name NAME`");
             }
             for record in records {
-                println!("{}\t{}\tcreated {} ago", record.name, record.id, age(record.created_at));
+                println!(
+                    "{}\t{}\tcreated {} ago",
+                    record.name,
+                    record.id,
+                    age(record.created_at)
+                );
             }
         }
         ApiKeyCommand::Revoke { name, data } => {

@@ -28,26 +28,37 @@ impl Api {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Value)> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(key) = &self.key {
             request = request.bearer_auth(key);
         }
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body);
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}; is `taskrunner serve` running there? (--api sets the URL)"))?;
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach {url}; is `taskrunner serve` running there? (--api sets the URL)")
+        })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, value))
     }
 
-    async fn expect_ok(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+    async fn expect_ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value> {
         let (status, value) = self.call(method, path, body).await?;
         if !(200..300).contains(&status) {
             let message = value
@@ -65,21 +76,27 @@ impl Api {
 pub fn read_request(path: &Path) -> Result<Vec<u8>> {
     if path == Path::new("-") {
         let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body).context("cannot read the request from stdin")?;
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+            .context("cannot read the request from stdin")?;
         return Ok(body);
     }
     std::fs::read(path).with_context(|| format!("cannot read request file {}", path.display()))
 }
 
 fn print(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 /// `taskrunner submit`.
 pub async fn submit(request: &Path, wait: bool, args: &ApiArgs) -> Result<ExitCode> {
     let api = Api::new(args)?;
     let body = read_request(request)?;
-    let accepted = api.expect_ok(reqwest::Method::POST, "/task-runner", Some(body)).await?;
+    let accepted = api
+        .expect_ok(reqwest::Method::POST, "/task-runner", Some(body))
+        .await?;
     let task_id = accepted
         .get("task_id")
         .and_then(Value::as_str)
@@ -99,11 +116,19 @@ async fn wait_for_end(api: &Api, task_id: &str) -> Result<Value> {
     let mut delay = Duration::from_millis(250);
     loop {
         let status = api
-            .expect_ok(reqwest::Method::GET, &format!("/task-runner/{task_id}"), None)
+            .expect_ok(
+                reqwest::Method::GET,
+                &format!("/task-runner/{task_id}"),
+                None,
+            )
             .await?;
         let delivered_or_none = status
             .get("callback")
-            .map(|callback| callback.is_null() || callback.get("delivered") == Some(&Value::Bool(true)) || callback.get("error").is_some_and(|e| !e.is_null()))
+            .map(|callback| {
+                callback.is_null()
+                    || callback.get("delivered") == Some(&Value::Bool(true))
+                    || callback.get("error").is_some_and(|e| !e.is_null())
+            })
             .unwrap_or(true);
         if status.get("done") == Some(&Value::Bool(true)) && delivered_or_none {
             return Ok(status);
@@ -125,7 +150,11 @@ fn exit_code(status: &Value) -> ExitCode {
 pub async fn status(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
     let api = Api::new(args)?;
     let status = api
-        .expect_ok(reqwest::Method::GET, &format!("/task-runner/{task_id}"), None)
+        .expect_ok(
+            reqwest::Method::GET,
+            &format!("/task-runner/{task_id}"),
+            None,
+        )
         .await?;
     print(&status);
     Ok(ExitCode::SUCCESS)
@@ -135,7 +164,11 @@ pub async fn status(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
 pub async fn cancel(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
     let api = Api::new(args)?;
     let status = api
-        .expect_ok(reqwest::Method::DELETE, &format!("/task-runner/{task_id}"), None)
+        .expect_ok(
+            reqwest::Method::DELETE,
+            &format!("/task-runner/{task_id}"),
+            None,
+        )
         .await?;
     print(&status);
     Ok(ExitCode::SUCCESS)
@@ -157,7 +190,11 @@ pub async fn logs(task_id: &str, follow: bool, args: &ApiArgs) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
         let status = api
-            .expect_ok(reqwest::Method::GET, &format!("/task-runner/{task_id}"), None)
+            .expect_ok(
+                reqwest::Method::GET,
+                &format!("/task-runner/{task_id}"),
+                None,
+            )
             .await?;
         if status.get("done") == Some(&Value::Bool(true)) {
             let tail = api.expect_ok(reqwest::Method::GET, &path, None).await?;

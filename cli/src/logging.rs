@@ -23,7 +23,11 @@ pub fn init(format: Option<LogFormat>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(terminal);
-    match format.unwrap_or(if terminal { LogFormat::Pretty } else { LogFormat::Compact }) {
+    match format.unwrap_or(if terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Compact
+    }) {
         LogFormat::Pretty => builder.pretty().init(),
         LogFormat::Compact => builder.compact().init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -48,7 +48,11 @@ struct EmbeddedArgs {
 #[derive(Debug, Clone, clap::Args)]
 struct ApiArgs {
     /// Base URL of the taskrunner API.
-    #[arg(long, env = "TASKRUNNER_API_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "TASKRUNNER_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     api: String,
     /// API key sent as `Authorization: Bearer`.
     #[arg(long, env = "TASKRUNNER_API_KEY", hide_env_values = true)]
@@ -132,7 +136,10 @@ fn main() -> ExitCode {
         return supervise(dir);
     }
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -145,7 +152,11 @@ fn main() -> ExitCode {
             Command::Run { request, embedded } => run::run(&request, &embedded).await,
             Command::Submit { request, wait, api } => client::submit(&request, wait, &api).await,
             Command::Status { task_id, api } => client::status(&task_id, &api).await,
-            Command::Logs { task_id, follow, api } => client::logs(&task_id, follow, &api).await,
+            Command::Logs {
+                task_id,
+                follow,
+                api,
+            } => client::logs(&task_id, follow, &api).await,
             Command::Cancel { task_id, api } => client::cancel(&task_id, &api).await,
             Command::Secret(command) => admin::secret(command).await,
             Command::ApiKey(command) => admin::api_key(command).await,
@@ -163,7 +174,10 @@ fn main() -> ExitCode {
 }
 
 fn supervise(dir: &std::path::Path) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

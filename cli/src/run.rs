@@ -42,7 +42,10 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
             .describe(&task_id)
             .await?
             .context("the task vanished from the engine's database")?;
-        progress.show(&task_status(&execution).status, execution.current_state.as_deref());
+        progress.show(
+            &task_status(&execution).status,
+            execution.current_state.as_deref(),
+        );
         if execution.status != ExecutionStatus::Running {
             break execution;
         }
@@ -54,15 +57,25 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
     let status = task_status(&execution);
     let input: ExecutionInput = serde_json::from_value(execution.input.clone())
         .context("the execution input is not a task")?;
-    let end = match execution.output.clone().map(serde_json::from_value::<FinishOutput>) {
+    let end = match execution
+        .output
+        .clone()
+        .map(serde_json::from_value::<FinishOutput>)
+    {
         Some(Ok(output)) => Some(output),
         _ => None,
     };
     let worker = &embedded.worker;
     let tail = worker
-        .log_tail(&worker.handle_for(&input.task.task_id), embedded.config.log_tail_bytes)
+        .log_tail(
+            &worker.handle_for(&input.task.task_id),
+            embedded.config.log_tail_bytes,
+        )
         .await
-        .unwrap_or(taskrunner::ports::LogTail { text: String::new(), truncated: false });
+        .unwrap_or(taskrunner::ports::LogTail {
+            text: String::new(),
+            truncated: false,
+        });
     match &end {
         Some(output) => {
             let body = callback_body(&input.task, &output.end(), tail);
@@ -71,16 +84,26 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
                 Some(report) => eprintln!(
                     "callback delivered to {} (HTTP {}, webhook-id {})",
                     input.task.callback_url.as_deref().unwrap_or_default(),
-                    report.status_code.map_or("-".into(), |code| code.to_string()),
+                    report
+                        .status_code
+                        .map_or("-".into(), |code| code.to_string()),
                     report.webhook_id
                 ),
                 None => eprintln!("no callback_url in the request: the body above was not sent"),
             }
-            Ok(if output.success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if output.success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         None => {
             println!("{}", serde_json::to_string_pretty(&status)?);
-            if let Some(error) = status.callback.as_ref().and_then(|callback| callback.error.as_ref()) {
+            if let Some(error) = status
+                .callback
+                .as_ref()
+                .and_then(|callback| callback.error.as_ref())
+            {
                 eprintln!("the callback could not be delivered: {error}");
             }
             Ok(ExitCode::from(1))
@@ -109,7 +132,10 @@ impl Progress {
     fn show(&self, status: &str, state: Option<&str>) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let line = format!("{}: {status} ({})", self.task_id, state.unwrap_or("-"));
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.terminal {
             eprint!("\r\x1b[2K{line}  {elapsed:.1}s");
             std::io::stderr().flush().ok();

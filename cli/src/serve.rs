@@ -17,8 +17,8 @@ use crate::settings;
 
 /// Builds the embedded stack for `data_dir`.
 pub fn open_embedded(data_dir: &Path, config: Config) -> Result<Embedded> {
-    let supervisor_program =
-        std::env::current_exe().context("cannot find the taskrunner binary to supervise workers")?;
+    let supervisor_program = std::env::current_exe()
+        .context("cannot find the taskrunner binary to supervise workers")?;
     let base_dir = std::env::current_dir().context("cannot read the current directory")?;
     Embedded::open(EmbeddedOptions {
         data_dir: data_dir.to_owned(),
@@ -27,7 +27,12 @@ pub fn open_embedded(data_dir: &Path, config: Config) -> Result<Embedded> {
         base_dir,
         clock: Arc::new(SystemClock),
     })
-    .map_err(|err| anyhow::anyhow!("cannot open the data directory {}: {err}", data_dir.display()))
+    .map_err(|err| {
+        anyhow::anyhow!(
+            "cannot open the data directory {}: {err}",
+            data_dir.display()
+        )
+    })
 }
 
 /// `taskrunner serve`.
@@ -52,7 +57,12 @@ pub async fn serve(listen: Option<String>, args: &EmbeddedArgs) -> Result<ExitCo
     }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; pick another address with --listen", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; pick another address with --listen",
+                config.listen
+            )
+        })?;
     let address = listener.local_addr()?;
     let public_url = config
         .public_url

@@ -202,7 +202,11 @@ mod tests {
         let (record, key) = keys.create("ci-main").await.unwrap();
         let header = format!("Bearer {}", key.expose());
         assert_eq!(keys.check(Some(&header)).await.unwrap(), "ci-main");
-        assert!(keys.check(Some("Bearer trk_000000000000_nope")).await.is_err());
+        assert!(
+            keys.check(Some("Bearer trk_000000000000_nope"))
+                .await
+                .is_err()
+        );
         assert!(keys.create("ci-main").await.is_err(), "names are unique");
         assert!(keys.revoke(&record.name).await.unwrap());
         assert!(keys.check(Some(&header)).await.is_err());

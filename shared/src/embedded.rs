@@ -73,10 +73,9 @@ pub struct Embedded {
 pub fn callback_policy(config: &Config) -> Result<CallbackPolicy, String> {
     let mut cidrs = Vec::new();
     for cidr in &config.callback.allow_cidrs {
-        cidrs.push(
-            cidr.parse()
-                .map_err(|err| format!("callback.allow_cidrs: {cidr:?} is not a CIDR range ({err})"))?,
-        );
+        cidrs.push(cidr.parse().map_err(|err| {
+            format!("callback.allow_cidrs: {cidr:?} is not a CIDR range ({err})")
+        })?);
     }
     Ok(CallbackPolicy {
         timeout: Duration::from_secs(config.callback.timeout_seconds),
@@ -134,11 +133,26 @@ impl Embedded {
             callbacks: Arc::new(CallbackSender::new(policy.clone())?),
         });
         let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
-        handlers.insert("submit".into(), Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Submit }));
-        handlers.insert("poll-worker".into(), Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Poll }));
+        handlers.insert(
+            "submit".into(),
+            Arc::new(StepHandler {
+                steps: Arc::clone(&steps),
+                step: Step::Submit,
+            }),
+        );
+        handlers.insert(
+            "poll-worker".into(),
+            Arc::new(StepHandler {
+                steps: Arc::clone(&steps),
+                step: Step::Poll,
+            }),
+        );
         handlers.insert(
             "finish-and-callback".into(),
-            Arc::new(StepHandler { steps: Arc::clone(&steps), step: Step::Finish }),
+            Arc::new(StepHandler {
+                steps: Arc::clone(&steps),
+                step: Step::Finish,
+            }),
         );
         let engine = Engine::open(
             &data_dir.join("engine.db"),
@@ -157,7 +171,9 @@ impl Embedded {
             orchestrator: engine.clone(),
             allow_local_repositories: true,
             base_dir,
-            check_callback_url: Arc::new(move |url: &str| check_callback_url(url, &policy).map(|_| ())),
+            check_callback_url: Arc::new(move |url: &str| {
+                check_callback_url(url, &policy).map(|_| ())
+            }),
             wake,
         };
         Ok(Self {
@@ -203,7 +219,10 @@ struct StepHandler {
 
 fn decode<T: DeserializeOwned>(payload: Value) -> Result<T, TaskFailure> {
     serde_json::from_value(payload).map_err(|err| {
-        TaskFailure::new(errors::BAD_INPUT, format!("the step's input is not what it expects: {err}"))
+        TaskFailure::new(
+            errors::BAD_INPUT,
+            format!("the step's input is not what it expects: {err}"),
+        )
     })
 }
 

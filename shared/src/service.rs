@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::ports::{
-    ExecutionStatus, LogTail, Orchestrator, PortError, SecretStore, StartOutcome, TerminateReason,
-    WorkerBackend,
+    ExecutionStatus, LogTail, Orchestrator, PortError, SecretStore, StartOutcome, TaskPhase,
+    TerminateReason, WorkerBackend,
 };
 use crate::status::{TaskStatus, task_status};
 use crate::task::{TaskId, callback_token_secret_name};
@@ -51,6 +51,9 @@ impl From<PortError> for ApiError {
     }
 }
 
+/// Checks a callback URL at submit time; `Err` says why it is refused.
+pub type CallbackUrlCheck = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Result of a submit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submitted {
@@ -76,7 +79,7 @@ pub struct TaskService {
     /// Directory relative repository paths are resolved against.
     pub base_dir: PathBuf,
     /// Checks a callback URL at submit time.
-    pub check_callback_url: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    pub check_callback_url: CallbackUrlCheck,
     /// Called after a cancel, to cut the execution's wait short (embedded engine).
     pub wake: Arc<dyn Fn(&str) + Send + Sync>,
 }
@@ -106,7 +109,10 @@ impl TaskService {
         };
         if let Some(existing) = self.orchestrator.describe(&task_id).await? {
             return if existing.input == input {
-                Ok(Submitted { task_id, existing: true })
+                Ok(Submitted {
+                    task_id,
+                    existing: true,
+                })
             } else {
                 Err(conflict())
             };
@@ -119,35 +125,68 @@ impl TaskService {
         match self.orchestrator.start(&task_id, &input).await? {
             StartOutcome::Started => {
                 tracing::info!(task_id = %task_id, "task accepted");
-                Ok(Submitted { task_id, existing: false })
+                Ok(Submitted {
+                    task_id,
+                    existing: false,
+                })
             }
-            StartOutcome::AlreadyExists => Ok(Submitted { task_id, existing: true }),
+            StartOutcome::AlreadyExists => Ok(Submitted {
+                task_id,
+                existing: true,
+            }),
             StartOutcome::Conflict => Err(conflict()),
         }
     }
 
-    /// The task's status.
+    /// The task's status. While the execution waits between polls, the worker is asked
+    /// directly, so the status is live rather than as of the last poll.
     pub async fn status(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
         let execution = self
             .orchestrator
             .describe(task_id)
             .await?
             .ok_or_else(|| ApiError::not_found(task_id))?;
-        Ok(task_status(&execution))
+        let mut status = task_status(&execution);
+        let between_polls = matches!(
+            execution.current_state.as_deref(),
+            Some("WaitForWorker" | "PollWorker" | "IsTaskDone")
+        );
+        if execution.status == ExecutionStatus::Running && between_polls {
+            if let Ok(id) = TaskId::parse(task_id) {
+                if let Ok(live) = self.worker.status(&self.worker.handle_for(&id)).await {
+                    status.status = match live.task {
+                        TaskPhase::Pending => "starting",
+                        TaskPhase::Preparing => "preparing",
+                        TaskPhase::Running { started_at } => {
+                            status.started_at = Some(started_at);
+                            "running"
+                        }
+                        TaskPhase::Ended(_) => "finishing",
+                    }
+                    .into();
+                }
+            }
+        }
+        Ok(status)
     }
 
     /// The last `max_bytes` of the task's log.
     pub async fn logs(&self, task_id: &str, max_bytes: usize) -> Result<LogTail, ApiError> {
-        let id = TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let id =
+            TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
         if self.orchestrator.describe(task_id).await?.is_none() {
             return Err(ApiError::not_found(task_id));
         }
-        Ok(self.worker.log_tail(&self.worker.handle_for(&id), max_bytes).await?)
+        Ok(self
+            .worker
+            .log_tail(&self.worker.handle_for(&id), max_bytes)
+            .await?)
     }
 
     /// Cancels a running task: its worker is terminated and its callback says `cancelled`.
     pub async fn cancel(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
-        let id = TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let id =
+            TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
         let execution = self
             .orchestrator
             .describe(task_id)

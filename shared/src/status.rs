@@ -63,7 +63,13 @@ pub struct TaskStatus {
 /// Builds the user's view of an execution.
 pub fn task_status(execution: &ExecutionView) -> TaskStatus {
     let task = execution.input.get("task").cloned().unwrap_or(Value::Null);
-    let text = |value: &Value, key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let text = |value: &Value, key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let mut status = TaskStatus {
         task_id: execution.name.clone(),
         task_name: text(&task, "task_file"),
@@ -71,7 +77,10 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
         done: false,
         success: None,
         state: execution.current_state.clone(),
-        worker_size: task.get("worker").map(|w| text(w, "name")).unwrap_or_default(),
+        worker_size: task
+            .get("worker")
+            .map(|w| text(w, "name"))
+            .unwrap_or_default(),
         submitted_at: execution.started_at,
         started_at: None,
         finished_at: None,
@@ -165,7 +174,12 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
     status
 }
 
-fn apply_outcome(status: &mut TaskStatus, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) {
+fn apply_outcome(
+    status: &mut TaskStatus,
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+) {
     status.status = outcome.as_str().into();
     status.done = true;
     status.success = Some(outcome.is_success());

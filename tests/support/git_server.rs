@@ -51,11 +51,24 @@ pub fn create_repository(root: &Path, name: &str, files: &[(&str, &str)]) {
     }
     super::sh(&work, "git", &["add", "-A"]);
     super::sh(&work, "git", &["commit", "-q", "-m", "initial"]);
-    super::sh(root, "git", &["clone", "-q", "--bare", &work.to_string_lossy(), &format!("{name}.git")]);
+    super::sh(
+        root,
+        "git",
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &format!("{name}.git"),
+        ],
+    );
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let Some(encoded) = value.strip_prefix("Basic ") else {
@@ -65,7 +78,8 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
         return false;
     };
     let text = String::from_utf8_lossy(&decoded);
-    text.split_once(':').is_some_and(|(_, password)| password == token)
+    text.split_once(':')
+        .is_some_and(|(_, password)| password == token)
 }
 
 async fn cgi(State(config): State<Arc<Config>>, request: Request) -> Response {
@@ -73,11 +87,16 @@ async fn cgi(State(config): State<Arc<Config>>, request: Request) -> Response {
     if !authorized(&parts.headers, &config.user_token) {
         return Response::builder()
             .status(StatusCode::UNAUTHORIZED)
-            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"git\""))
+            .header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"git\""),
+            )
             .body(Body::from("authentication required"))
             .unwrap();
     }
-    let body: Bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let body: Bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let header = |name: &str| {
         parts
             .headers
@@ -119,19 +138,28 @@ async fn cgi(State(config): State<Arc<Config>>, request: Request) -> Response {
         .map(|i| (i, 4))
         .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
     let Some((end, gap)) = split else {
-        return Response::builder().status(500).body(Body::from("bad CGI output")).unwrap();
+        return Response::builder()
+            .status(500)
+            .body(Body::from("bad CGI output"))
+            .unwrap();
     };
     let mut response = Response::builder().status(200);
     for line in String::from_utf8_lossy(&raw[..end]).lines() {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
             if name.eq_ignore_ascii_case("Status") {
-                let code = value.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500u16);
+                let code = value
+                    .split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(500u16);
                 response = response.status(code);
             } else {
                 response = response.header(name.trim(), value);
             }
         }
     }
-    response.body(Body::from(raw[end + gap..].to_vec())).unwrap()
+    response
+        .body(Body::from(raw[end + gap..].to_vec()))
+        .unwrap()
 }

@@ -36,13 +36,20 @@ pub fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
-pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -51,12 +58,27 @@ pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncF
 pub fn write_tasks(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let files: &[(&str, &str)] = &[
-        ("ok.py", "import os\nprint('python says hi', os.environ.get('GREETING'))\n"),
+        (
+            "ok.py",
+            "import os\nprint('python says hi', os.environ.get('GREETING'))\n",
+        ),
         ("ok.sh", "echo \"bash says hi $GREETING\"\n"),
-        ("fail.sh", "echo 'about to fail'\necho 'bad things' >&2\nexit 3\n"),
-        ("sleep.sh", "echo started\nsleep \"${SLEEP_SECONDS:-30}\"\necho slept\n"),
-        ("spawn.sh", "sleep 300 &\necho \"child $!\"\necho \"group $(ps -o pgid= $$ | tr -d ' ')\"\nwait\n"),
-        ("leak.py", "import os\nprint('token is', os.environ.get('MY_TOKEN'))\nprint('env has git token:', any('canary' in v for k, v in os.environ.items() if k != 'MY_TOKEN'))\n"),
+        (
+            "fail.sh",
+            "echo 'about to fail'\necho 'bad things' >&2\nexit 3\n",
+        ),
+        (
+            "sleep.sh",
+            "echo started\nsleep \"${SLEEP_SECONDS:-30}\"\necho slept\n",
+        ),
+        (
+            "spawn.sh",
+            "sleep 300 &\necho \"child $!\"\necho \"group $(ps -o pgid= $$ | tr -d ' ')\"\nwait\n",
+        ),
+        (
+            "leak.py",
+            "import os\nprint('token is', os.environ.get('MY_TOKEN'))\nprint('env has git token:', any('canary' in v for k, v in os.environ.items() if k != 'MY_TOKEN'))\n",
+        ),
     ];
     for (name, text) in files {
         std::fs::write(dir.join(name), text).unwrap();

@@ -26,7 +26,10 @@ impl Received {
 
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 }
 
@@ -48,7 +51,10 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver answering with `plan` first, then 200.
     pub async fn start(plan: Vec<u16>) -> Self {
-        let inner = Arc::new(Mutex::new(Inner { received: Vec::new(), plan }));
+        let inner = Arc::new(Mutex::new(Inner {
+            received: Vec::new(),
+            plan,
+        }));
         let app = Router::new()
             .route("/callback", post(receive))
             .with_state(Arc::clone(&inner));
@@ -64,9 +70,17 @@ impl Receiver {
     }
 }
 
-async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let mut inner = inner.lock().unwrap();
     inner.received.push(Received { headers, body });
-    let status = if inner.plan.is_empty() { 200 } else { inner.plan.remove(0) };
+    let status = if inner.plan.is_empty() {
+        200
+    } else {
+        inner.plan.remove(0)
+    };
     StatusCode::from_u16(status).unwrap()
 }

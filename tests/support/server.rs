@@ -56,7 +56,9 @@ impl Server {
         let mut child = command.spawn().expect("start taskrunner serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let url = line
             .trim()
             .strip_prefix("taskrunner listening on ")
@@ -88,28 +90,49 @@ impl Server {
     }
 
     /// Sends a request with the API key; returns status and JSON body.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<String>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(API_KEY);
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body);
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
         }
         let response = request.send().await.expect("request to serve");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// `POST /task-runner`.
     pub async fn submit(&self, body: &Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, "/task-runner", Some(body.to_string())).await
+        self.call(
+            reqwest::Method::POST,
+            "/task-runner",
+            Some(body.to_string()),
+        )
+        .await
     }
 
     /// `GET /task-runner/{id}`.
     pub async fn status(&self, task_id: &str) -> Value {
-        let (status, body) = self.call(reqwest::Method::GET, &format!("/task-runner/{task_id}"), None).await;
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/task-runner/{task_id}"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }

@@ -17,7 +17,9 @@ pub struct MemorySecretStore {
 
 impl MemorySecretStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Secret, SecretEntry)>> {
-        self.values.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

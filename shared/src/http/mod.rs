@@ -68,8 +68,7 @@ pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         error_response(status, self.message)
     }
 }
@@ -87,9 +86,10 @@ pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<S
                 _ => message,
             };
             let mut response = error_response(StatusCode::UNAUTHORIZED, message);
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             Err(response)
         }
         Err(AuthError::Store(err)) => Err(ApiError::from(err).into_response()),

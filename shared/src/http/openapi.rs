@@ -21,24 +21,32 @@ pub fn build() -> Value {
         .into_generator();
     let schema = |name: &str, schema: schemars::Schema| (name.to_owned(), schema.to_value());
     let named = [
-        schema("TaskRunnerRequest", generator.subschema_for::<TaskRunnerRequest>()),
-        schema("TaskRunnerResponse", generator.subschema_for::<TaskRunnerResponse>()),
+        schema(
+            "TaskRunnerRequest",
+            generator.subschema_for::<TaskRunnerRequest>(),
+        ),
+        schema(
+            "TaskRunnerResponse",
+            generator.subschema_for::<TaskRunnerResponse>(),
+        ),
         schema("TaskStatus", generator.subschema_for::<TaskStatus>()),
         schema("LogsResponse", generator.subschema_for::<LogsResponse>()),
         schema("CallbackBody", generator.subschema_for::<CallbackBody>()),
-        schema("CallbackReceipt", generator.subschema_for::<CallbackReceipt>()),
+        schema(
+            "CallbackReceipt",
+            generator.subschema_for::<CallbackReceipt>(),
+        ),
     ];
-    let mut schemas: serde_json::Map<String, Value> = generator
-        .take_definitions(true)
-        .into_iter()
-        .collect();
+    let mut schemas: serde_json::Map<String, Value> =
+        generator.take_definitions(true).into_iter().collect();
     for (name, value) in named {
-        if !value.get("$ref").is_some() {
+        if value.get("$ref").is_none() {
             schemas.insert(name, value);
         }
     }
     let reference = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
-    let json_body = |name: &str| json!({"content": {"application/json": {"schema": reference(name)}}});
+    let json_body =
+        |name: &str| json!({"content": {"application/json": {"schema": reference(name)}}});
     let error = json!({"description": "refused; message says what is wrong and how to fix it", "content": {"application/json": {"schema": reference("TaskRunnerResponse")}}});
     let task_id = json!({"name": "task_id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,80}$"}});
     json!({

@@ -35,7 +35,10 @@ pub async fn submit(
             );
         }
         Err(rejection) => {
-            return error_response(rejection.status(), format!("request body could not be read: {rejection}"));
+            return error_response(
+                rejection.status(),
+                format!("request body could not be read: {rejection}"),
+            );
         }
     };
     match state.service.submit(&body).await {

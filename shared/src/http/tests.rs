@@ -39,8 +39,17 @@ fn harness() -> Harness {
     }
 }
 
-async fn call(harness: &Harness, method: &str, path: &str, key: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(path).header("content-type", "application/json");
+async fn call(
+    harness: &Harness,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
     }
@@ -51,8 +60,13 @@ async fn call(harness: &Harness, method: &str, path: &str, key: Option<&str>, bo
         .await
         .unwrap();
     let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn valid() -> Value {
@@ -65,11 +79,21 @@ async fn submit_answers_202_with_and_without_the_trailing_slash() {
     for (path, id) in [("/task-runner", "a"), ("/task-runner/", "b")] {
         let mut body = valid();
         body["task_id"] = json!(id);
-        let (status, answer) = call(&harness, "POST", path, Some(KEY), body.to_string().into_bytes()).await;
+        let (status, answer) = call(
+            &harness,
+            "POST",
+            path,
+            Some(KEY),
+            body.to_string().into_bytes(),
+        )
+        .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
         assert_eq!(answer["success"], true);
         assert_eq!(answer["task_id"], id);
-        assert_eq!(answer["status_url"], format!("http://tr.test/task-runner/{id}"));
+        assert_eq!(
+            answer["status_url"],
+            format!("http://tr.test/task-runner/{id}")
+        );
     }
     let (status, view) = call(&harness, "GET", "/task-runner/a", Some(KEY), vec![]).await;
     assert_eq!(status, StatusCode::OK);
@@ -83,7 +107,13 @@ async fn api_keys_are_required_and_checked() {
     let body = valid().to_string().into_bytes();
     let (status, answer) = call(&harness, "POST", "/task-runner", None, body.clone()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(answer["message"].as_str().unwrap().contains("Authorization"), "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization"),
+        "{answer}"
+    );
     let (status, answer) = call(&harness, "POST", "/task-runner", Some("nope"), body).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(answer["success"], false);
@@ -94,26 +124,76 @@ async fn api_keys_are_required_and_checked() {
 #[tokio::test]
 async fn bad_requests_name_the_field_and_start_nothing() {
     let harness = harness();
-    let (status, answer) = call(&harness, "POST", "/task-runner", Some(KEY), b"{not json".to_vec()).await;
+    let (status, answer) = call(
+        &harness,
+        "POST",
+        "/task-runner",
+        Some(KEY),
+        b"{not json".to_vec(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(answer["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
 
     let cases = [
-        (json!({"task_id": "t", "worker_config": {}}), "task_file_name"),
-        (json!({"task_id": "x y", "task_file_name": "a.py", "worker_config": {}}), "task_id"),
-        (json!({"task_id": "t", "task_file_name": "../x.py", "worker_config": {}}), "task_file_name"),
-        (json!({"task_id": "t", "task_file_name": "/x.py", "worker_config": {}}), "task_file_name"),
-        (json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {"worker_size": "Jumbo"}}), "worker_size"),
-        (json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {"worker_image": "x"}}), "worker_image"),
-        (json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {}, "callback_url": "http://10.0.0.1/cb"}), "callback_url"),
+        (
+            json!({"task_id": "t", "worker_config": {}}),
+            "task_file_name",
+        ),
+        (
+            json!({"task_id": "x y", "task_file_name": "a.py", "worker_config": {}}),
+            "task_id",
+        ),
+        (
+            json!({"task_id": "t", "task_file_name": "../x.py", "worker_config": {}}),
+            "task_file_name",
+        ),
+        (
+            json!({"task_id": "t", "task_file_name": "/x.py", "worker_config": {}}),
+            "task_file_name",
+        ),
+        (
+            json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {"worker_size": "Jumbo"}}),
+            "worker_size",
+        ),
+        (
+            json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {"worker_image": "x"}}),
+            "worker_image",
+        ),
+        (
+            json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {}, "callback_url": "http://10.0.0.1/cb"}),
+            "callback_url",
+        ),
     ];
     for (body, field) in cases {
-        let (status, answer) = call(&harness, "POST", "/task-runner", Some(KEY), body.to_string().into_bytes()).await;
+        let (status, answer) = call(
+            &harness,
+            "POST",
+            "/task-runner",
+            Some(KEY),
+            body.to_string().into_bytes(),
+        )
+        .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         let message = answer["message"].as_str().unwrap();
         assert!(message.contains(field), "{message:?} should name {field}");
-        let id = body["task_id"].as_str().unwrap_or("none").replace(' ', "%20");
-        let (status, _) = call(&harness, "GET", &format!("/task-runner/{id}"), Some(KEY), vec![]).await;
+        let id = body["task_id"]
+            .as_str()
+            .unwrap_or("none")
+            .replace(' ', "%20");
+        let (status, _) = call(
+            &harness,
+            "GET",
+            &format!("/task-runner/{id}"),
+            Some(KEY),
+            vec![],
+        )
+        .await;
         assert_ne!(status, StatusCode::OK, "nothing was started for {body}");
     }
 }
@@ -123,9 +203,19 @@ async fn oversized_bodies_get_413() {
     let harness = harness();
     let mut body = valid();
     body["worker_config"]["startup_script"] = json!("x".repeat(2 * 1024 * 1024));
-    let (status, answer) = call(&harness, "POST", "/task-runner", Some(KEY), body.to_string().into_bytes()).await;
+    let (status, answer) = call(
+        &harness,
+        "POST",
+        "/task-runner",
+        Some(KEY),
+        body.to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(answer["message"].as_str().unwrap().contains("limit"), "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("limit"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -135,10 +225,22 @@ async fn same_id_other_body_is_409_and_unknown_ids_are_404() {
     let (first, _) = call(&harness, "POST", "/task-runner", Some(KEY), body.clone()).await;
     let (again, answer) = call(&harness, "POST", "/task-runner", Some(KEY), body).await;
     assert_eq!((first, again), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
-    assert!(answer["message"].as_str().unwrap().contains("already accepted"));
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("already accepted")
+    );
     let mut other = valid();
     other["task_file_name"] = json!("other.py");
-    let (status, answer) = call(&harness, "POST", "/task-runner", Some(KEY), other.to_string().into_bytes()).await;
+    let (status, answer) = call(
+        &harness,
+        "POST",
+        "/task-runner",
+        Some(KEY),
+        other.to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     let (status, answer) = call(&harness, "GET", "/task-runner/nobody", Some(KEY), vec![]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -149,23 +251,43 @@ async fn same_id_other_body_is_409_and_unknown_ids_are_404() {
 async fn open_routes_need_no_key() {
     let harness = harness();
     let (status, health) = call(&harness, "GET", "/healthz", None, vec![]).await;
-    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, sizes) = call(&harness, "GET", "/worker-sizes", None, vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sizes["X-Small"]["memory_mib"], 1024);
     let (status, doc) = call(&harness, "GET", "/openapi.json", None, vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/task-runner"]["post"].is_object());
-    assert!(doc["components"]["schemas"]["TaskRunnerRequest"]["properties"]["worker_config"].is_object(), "{}", doc["components"]["schemas"]);
-    assert!(doc["components"]["schemas"]["CallbackBody"]["properties"]["logs_truncated"].is_object());
+    assert!(
+        doc["components"]["schemas"]["TaskRunnerRequest"]["properties"]["worker_config"]
+            .is_object(),
+        "{}",
+        doc["components"]["schemas"]
+    );
+    assert!(
+        doc["components"]["schemas"]["CallbackBody"]["properties"]["logs_truncated"].is_object()
+    );
 }
 
 #[tokio::test]
 async fn the_sample_receiver_takes_objects_and_the_originals_json_strings() {
     let harness = harness();
     let callback = json!({"task_name": "a.py", "task_id": "t", "success": true, "logs": "x"});
-    for body in [callback.to_string(), serde_json::to_string(&callback.to_string()).unwrap()] {
-        let (status, answer) = call(&harness, "POST", "/sample-task-runner-callback", None, body.into_bytes()).await;
+    for body in [
+        callback.to_string(),
+        serde_json::to_string(&callback.to_string()).unwrap(),
+    ] {
+        let (status, answer) = call(
+            &harness,
+            "POST",
+            "/sample-task-runner-callback",
+            None,
+            body.into_bytes(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(answer, json!({"success": true, "message": "ok"}));
     }

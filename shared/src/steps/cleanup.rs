@@ -46,7 +46,12 @@ pub async fn cleanup(
         report.workers_terminated.push(worker.task_id);
     }
 
-    for entry in steps.secrets.list(CALLBACK_TOKEN_PREFIX).await.map_err(port)? {
+    for entry in steps
+        .secrets
+        .list(CALLBACK_TOKEN_PREFIX)
+        .await
+        .map_err(port)?
+    {
         let task_id = entry.name.trim_start_matches(CALLBACK_TOKEN_PREFIX);
         let execution = orchestrator.describe(task_id).await.map_err(port)?;
         let ended = match execution {

@@ -172,7 +172,10 @@ pub fn callback_body(task: &TaskSpec, end: &TaskEnd, tail: LogTail) -> CallbackB
         if !logs.is_empty() && !logs.ends_with('\n') {
             logs.push('\n');
         }
-        logs.push_str(&format!("[taskrunner] {}: {reason}\n", end.outcome.as_str()));
+        logs.push_str(&format!(
+            "[taskrunner] {}: {reason}\n",
+            end.outcome.as_str()
+        ));
     }
     CallbackBody {
         task_name: task.task_file.to_string(),
@@ -225,13 +228,7 @@ async fn deliver(
         .get(&steps.config.callback.signing_secret_name)
         .await
         .map_err(|err| StepError::from_port(err, errors::CALLBACK_FAILED))?
-        .map(|value| {
-            value
-                .expose()
-                .split_whitespace()
-                .map(Secret::new)
-                .collect()
-        })
+        .map(|value| value.expose().split_whitespace().map(Secret::new).collect())
         .unwrap_or_default();
     let delivery = Delivery {
         url,

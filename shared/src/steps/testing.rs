@@ -44,7 +44,12 @@ impl WorkerBackend for FakeWorker {
     async fn status(&self, _: &WorkerHandle) -> Result<WorkerStatus, PortError> {
         self.calls.lock().unwrap().push("status".into());
         Ok(WorkerStatus {
-            task: self.phase.lock().unwrap().clone().unwrap_or(TaskPhase::Pending),
+            task: self
+                .phase
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or(TaskPhase::Pending),
             worker_alive: true,
         })
     }
@@ -57,7 +62,10 @@ impl WorkerBackend for FakeWorker {
         })
     }
     async fn terminate(&self, _: &WorkerHandle, reason: TerminateReason) -> Result<(), PortError> {
-        self.calls.lock().unwrap().push(format!("terminate:{reason:?}"));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("terminate:{reason:?}"));
         Ok(())
     }
     fn handle_for(&self, task_id: &TaskId) -> WorkerHandle {
@@ -73,7 +81,9 @@ impl WorkerBackend for FakeWorker {
 
 /// Steps over fakes, a manual clock and an in-memory secret store.
 pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ));
     let policy = CallbackPolicy {
         timeout: Duration::from_secs(5),
         ..CallbackPolicy::default()

@@ -21,12 +21,16 @@ async fn receiver(statuses: Vec<u16>) -> (String, Seen) {
     let app = Router::new()
         .route(
             "/cb",
-            post(|State((seen, plan)): State<(Seen, Arc<Mutex<Vec<u16>>>)>, headers: HeaderMap, body: Bytes| async move {
-                seen.lock().unwrap().push((headers, body));
-                let mut plan = plan.lock().unwrap();
-                let status = if plan.is_empty() { 200 } else { plan.remove(0) };
-                StatusCode::from_u16(status).unwrap()
-            }),
+            post(
+                |State((seen, plan)): State<(Seen, Arc<Mutex<Vec<u16>>>)>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    seen.lock().unwrap().push((headers, body));
+                    let mut plan = plan.lock().unwrap();
+                    let status = if plan.is_empty() { 200 } else { plan.remove(0) };
+                    StatusCode::from_u16(status).unwrap()
+                },
+            ),
         )
         .with_state((seen.clone(), plan));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -39,14 +43,27 @@ async fn receiver(statuses: Vec<u16>) -> (String, Seen) {
 async fn polling_waits_longer_as_the_task_ages() {
     let worker = Arc::new(FakeWorker::default());
     let (steps, clock) = steps(worker.clone());
-    let run = submit(&steps, ExecutionInput { task: spec("t") }).await.unwrap();
+    let run = submit(&steps, ExecutionInput { task: spec("t") })
+        .await
+        .unwrap();
     assert_eq!(run.wait_seconds, 5);
-    worker.set(TaskPhase::Running { started_at: clock.now() });
+    worker.set(TaskPhase::Running {
+        started_at: clock.now(),
+    });
     let mut waits = Vec::new();
     let mut run = run;
     for age in [10u64, 600, 3000] {
-        clock.advance(Duration::from_secs(age) - (clock.now() - run.submitted_at).to_std().unwrap());
-        run = poll_worker(&steps, PollInput { task: spec("t"), run }).await.unwrap();
+        clock
+            .advance(Duration::from_secs(age) - (clock.now() - run.submitted_at).to_std().unwrap());
+        run = poll_worker(
+            &steps,
+            PollInput {
+                task: spec("t"),
+                run,
+            },
+        )
+        .await
+        .unwrap();
         waits.push(run.wait_seconds);
     }
     assert_eq!(waits, vec![5, 60, 300]);
@@ -60,12 +77,28 @@ async fn a_task_past_its_timeout_is_terminated_and_reported() {
     let (steps, clock) = steps(worker.clone());
     let mut task = spec("slow");
     task.timeout_seconds = 60;
-    let run = submit(&steps, ExecutionInput { task: task.clone() }).await.unwrap();
-    worker.set(TaskPhase::Running { started_at: clock.now() });
+    let run = submit(&steps, ExecutionInput { task: task.clone() })
+        .await
+        .unwrap();
+    worker.set(TaskPhase::Running {
+        started_at: clock.now(),
+    });
     clock.advance(Duration::from_secs(55));
-    let run = poll_worker(&steps, PollInput { task: task.clone(), run }).await.unwrap();
+    let run = poll_worker(
+        &steps,
+        PollInput {
+            task: task.clone(),
+            run,
+        },
+    )
+    .await
+    .unwrap();
     assert!(!run.done);
-    assert!(run.wait_seconds <= 6, "never waits past the deadline: {}", run.wait_seconds);
+    assert!(
+        run.wait_seconds <= 6,
+        "never waits past the deadline: {}",
+        run.wait_seconds
+    );
     clock.advance(Duration::from_secs(6));
     let run = poll_worker(&steps, PollInput { task, run }).await.unwrap();
     assert!(run.done);
@@ -82,8 +115,17 @@ async fn finish_terminates_before_calling_back_and_forgets_the_token() {
     let mut task = spec("done");
     task.callback_url = Some(url);
     task.has_callback_token = true;
-    steps.secrets.put(&callback_token_secret_name(&task.task_id), &Secret::new("tok")).await.unwrap();
-    let mut run = submit(&steps, ExecutionInput { task: task.clone() }).await.unwrap();
+    steps
+        .secrets
+        .put(
+            &callback_token_secret_name(&task.task_id),
+            &Secret::new("tok"),
+        )
+        .await
+        .unwrap();
+    let mut run = submit(&steps, ExecutionInput { task: task.clone() })
+        .await
+        .unwrap();
     run.ended = Some(TaskEnd {
         outcome: Outcome::Failed,
         exit_code: Some(2),
@@ -91,20 +133,40 @@ async fn finish_terminates_before_calling_back_and_forgets_the_token() {
         started_at: Some(clock.now()),
         finished_at: clock.now(),
     });
-    let output = finish_and_callback(&steps, FinishInput { task: task.clone(), run: Some(run), error: None })
-        .await
-        .unwrap();
+    let output = finish_and_callback(
+        &steps,
+        FinishInput {
+            task: task.clone(),
+            run: Some(run),
+            error: None,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(output.status, Outcome::Failed);
     assert_eq!(output.callback.as_ref().map(|c| c.delivered), Some(true));
-    assert_eq!(worker.calls().last().map(String::as_str), Some("terminate:Completed"));
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 1);
-    let body: serde_json::Value = serde_json::from_slice(&seen[0].1).unwrap();
+    assert_eq!(
+        worker.calls().last().map(String::as_str),
+        Some("terminate:Completed")
+    );
+    let (headers, body) = {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        seen[0].clone()
+    };
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["logs"], "line one\nline two\n");
     assert_eq!(body["exit_code"], 2);
     assert_eq!(body["success"], false);
-    assert_eq!(seen[0].0["authorization"], "Bearer tok");
-    assert!(steps.secrets.get(&callback_token_secret_name(&task.task_id)).await.unwrap().is_none());
+    assert_eq!(headers["authorization"], "Bearer tok");
+    assert!(
+        steps
+            .secrets
+            .get(&callback_token_secret_name(&task.task_id))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -118,12 +180,33 @@ async fn a_start_failure_still_calls_back_with_the_reason() {
         error: errors::START_FAILED.into(),
         cause: serde_json::json!({"errorType": errors::START_FAILED, "errorMessage": "personal secret \"X\" is missing"}).to_string(),
     };
-    let output = finish_and_callback(&steps, FinishInput { task, run: None, error: Some(error) }).await.unwrap();
+    let output = finish_and_callback(
+        &steps,
+        FinishInput {
+            task,
+            run: None,
+            error: Some(error),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(output.status, Outcome::Error);
-    assert!(!worker.calls().iter().any(|call| call.starts_with("terminate")), "nothing to terminate");
+    assert!(
+        !worker
+            .calls()
+            .iter()
+            .any(|call| call.starts_with("terminate")),
+        "nothing to terminate"
+    );
     let body: serde_json::Value = serde_json::from_slice(&seen.lock().unwrap()[0].1).unwrap();
     assert_eq!(body["status"], "error");
-    assert!(body["logs"].as_str().unwrap().contains("personal secret \"X\" is missing"), "{body}");
+    assert!(
+        body["logs"]
+            .as_str()
+            .unwrap()
+            .contains("personal secret \"X\" is missing"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -133,10 +216,24 @@ async fn a_refusing_receiver_is_a_retryable_error() {
     let (url, _) = receiver(vec![503]).await;
     let mut task = spec("retry");
     task.callback_url = Some(url);
-    let mut run = submit(&steps, ExecutionInput { task: task.clone() }).await.unwrap();
-    run.ended = Some(TaskEnd { outcome: Outcome::Succeeded, exit_code: Some(0), reason: None, started_at: None, finished_at: clock.now() });
-    let input = FinishInput { task, run: Some(run), error: None };
-    let err = finish_and_callback(&steps, input.clone()).await.unwrap_err();
+    let mut run = submit(&steps, ExecutionInput { task: task.clone() })
+        .await
+        .unwrap();
+    run.ended = Some(TaskEnd {
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        started_at: None,
+        finished_at: clock.now(),
+    });
+    let input = FinishInput {
+        task,
+        run: Some(run),
+        error: None,
+    };
+    let err = finish_and_callback(&steps, input.clone())
+        .await
+        .unwrap_err();
     assert_eq!(err.error, errors::CALLBACK_FAILED);
     assert!(err.cause.contains("503"), "{}", err.cause);
     let output = finish_and_callback(&steps, input).await.unwrap();

@@ -33,9 +33,8 @@ impl LocalSecretStore {
     /// Opens `data_dir/secrets.db`, with the key from the environment or `data_dir/master.key`.
     pub fn open(data_dir: &Path) -> Result<Self, PortError> {
         let key = match std::env::var(MASTER_KEY_ENV).ok().filter(|v| !v.is_empty()) {
-            Some(text) => parse_key(&text).map_err(|why| {
-                PortError::Permanent(format!("{MASTER_KEY_ENV}: {why}"))
-            })?,
+            Some(text) => parse_key(&text)
+                .map_err(|why| PortError::Permanent(format!("{MASTER_KEY_ENV}: {why}")))?,
             None => load_or_create_key_file(&data_dir.join("master.key"))?,
         };
         Self::open_with_key(&data_dir.join("secrets.db"), &key)
@@ -63,7 +62,9 @@ impl LocalSecretStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -71,7 +72,10 @@ impl LocalSecretStore {
 pub fn open_db(path: &Path) -> Result<Connection, PortError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|err| {
-            PortError::Permanent(format!("cannot create data directory {}: {err}", dir.display()))
+            PortError::Permanent(format!(
+                "cannot create data directory {}: {err}",
+                dir.display()
+            ))
         })?;
     }
     let db = Connection::open(path).map_err(|err| {
@@ -79,8 +83,10 @@ pub fn open_db(path: &Path) -> Result<Connection, PortError> {
     })?;
     db.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_error)?;
-    db.pragma_update(None, "journal_mode", "WAL").map_err(db_error)?;
-    db.pragma_update(None, "synchronous", "NORMAL").map_err(db_error)?;
+    db.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_error)?;
+    db.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db_error)?;
     Ok(db)
 }
 
@@ -115,7 +121,10 @@ fn parse_key(text: &str) -> Result<[u8; 32], String> {
 fn load_or_create_key_file(path: &PathBuf) -> Result<[u8; 32], PortError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|err| {
-            PortError::Permanent(format!("cannot create data directory {}: {err}", dir.display()))
+            PortError::Permanent(format!(
+                "cannot create data directory {}: {err}",
+                dir.display()
+            ))
         })?;
     }
     let mut key = [0u8; 32];
@@ -200,9 +209,8 @@ impl SecretStore for LocalSecretStore {
                     "secret {name:?} cannot be decrypted: the master key differs from the one it was stored with; restore the key or store the secret again"
                 ))
             })?;
-        let text = String::from_utf8(plain).map_err(|_| {
-            PortError::Permanent(format!("secret {name:?} is not UTF-8 text"))
-        })?;
+        let text = String::from_utf8(plain)
+            .map_err(|_| PortError::Permanent(format!("secret {name:?} is not UTF-8 text")))?;
         Ok(Some(Secret::new(text)))
     }
 
@@ -269,7 +277,10 @@ mod tests {
     async fn values_round_trip_and_are_not_stored_in_clear() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalSecretStore::open(dir.path()).unwrap();
-        store.put("GIT_PAT", &Secret::new("canary-4a9f1c")).await.unwrap();
+        store
+            .put("GIT_PAT", &Secret::new("canary-4a9f1c"))
+            .await
+            .unwrap();
         assert_eq!(
             store.get("GIT_PAT").await.unwrap().unwrap().expose(),
             "canary-4a9f1c"
@@ -297,7 +308,13 @@ mod tests {
         store.put("b", &Secret::new("1")).await.unwrap();
         store.put("a", &Secret::new("2")).await.unwrap();
         store.put("a", &Secret::new("3")).await.unwrap();
-        let names: Vec<_> = store.list("").await.unwrap().into_iter().map(|e| e.name).collect();
+        let names: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(store.get("a").await.unwrap().unwrap().expose(), "3");
         assert!(store.delete("a").await.unwrap());
@@ -326,7 +343,11 @@ mod tests {
     fn a_key_file_readable_by_others_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
-        std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode([0u8; 32])).unwrap();
+        std::fs::write(
+            &path,
+            base64::engine::general_purpose::STANDARD.encode([0u8; 32]),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_or_create_key_file(&path).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
