@@ -132,33 +132,11 @@ impl Embedded {
             clock: Arc::clone(&clock),
             callbacks: Arc::new(CallbackSender::new(policy.clone())?),
         });
-        let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
-        handlers.insert(
-            "submit".into(),
-            Arc::new(StepHandler {
-                steps: Arc::clone(&steps),
-                step: Step::Submit,
-            }),
-        );
-        handlers.insert(
-            "poll-worker".into(),
-            Arc::new(StepHandler {
-                steps: Arc::clone(&steps),
-                step: Step::Poll,
-            }),
-        );
-        handlers.insert(
-            "finish-and-callback".into(),
-            Arc::new(StepHandler {
-                steps: Arc::clone(&steps),
-                step: Step::Finish,
-            }),
-        );
         let engine = Engine::open(
             &data_dir.join("engine.db"),
             STATE_MACHINE,
             &substitutions(),
-            handlers,
+            step_handlers(&steps),
             clock,
         )
         .map_err(|err| err.to_string())?;
@@ -202,6 +180,25 @@ impl Embedded {
     pub async fn cleanup(&self) -> Result<CleanupReport, StepError> {
         steps::cleanup(&self.steps, self.engine.as_ref()).await
     }
+}
+
+/// The Task handlers of the state machine: each calls its step, as the Lambda functions do
+/// in AWS, keyed by the names [`substitutions`] gives the placeholders.
+pub fn step_handlers(steps: &Arc<Steps>) -> HashMap<String, Arc<dyn TaskHandler>> {
+    [
+        ("submit", Step::Submit),
+        ("poll-worker", Step::Poll),
+        ("finish-and-callback", Step::Finish),
+    ]
+    .into_iter()
+    .map(|(name, step)| {
+        let handler: Arc<dyn TaskHandler> = Arc::new(StepHandler {
+            steps: Arc::clone(steps),
+            step,
+        });
+        (name.to_owned(), handler)
+    })
+    .collect()
 }
 
 #[derive(Clone, Copy)]
