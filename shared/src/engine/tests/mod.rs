@@ -35,9 +35,12 @@ fn handler(
     Arc::new(FnHandler(f))
 }
 
-/// A record of the calls a handler got: when (by the manual clock) and with what.
+/// One call a handler got: when (by the manual clock) and with what.
+type Call = (DateTime<Utc>, Value);
+
+/// A record of the calls a handler got.
 #[derive(Clone, Default)]
-struct Calls(Arc<Mutex<Vec<(DateTime<Utc>, Value)>>>);
+struct Calls(Arc<Mutex<Vec<Call>>>);
 
 impl Calls {
     fn record(&self, at: DateTime<Utc>, payload: &Value) {
@@ -47,7 +50,7 @@ impl Calls {
             .push((at, payload.clone()));
     }
 
-    fn all(&self) -> Vec<(DateTime<Utc>, Value)> {
+    fn all(&self) -> Vec<Call> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -134,7 +134,7 @@ async fn the_scheduler_runs_new_and_resumed_executions() {
       }
     }"#;
     let handlers: HashMap<String, Arc<dyn TaskHandler>> =
-        HashMap::from([("work".to_string(), handler(|payload| Ok(payload)))]);
+        HashMap::from([("work".to_string(), handler(Ok))]);
     let engine = Engine::open(
         &db,
         definition,
