@@ -40,14 +40,13 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
         }
         let step = match engine.definition.state(&cursor.state) {
             Some(state) => take_step(engine, name, &cursor, state).await?,
-            None => Some(Step {
-                version: cursor.version,
-                update: failed(&StateError::runtime(format!(
+            None => {
+                let err = StateError::runtime(format!(
                     "state {:?} is not in the definition; it was removed while the execution ran",
                     cursor.state
-                ))),
-                events: vec![failed_event(&StateError::runtime("unknown state"))],
-            }),
+                ));
+                Some(fail(cursor.version, &err, Vec::new()))
+            }
         };
         if let Some(step) = step {
             engine.store.apply(

@@ -35,6 +35,19 @@ fn handler(
     Arc::new(FnHandler(f))
 }
 
+/// A handler that records each call (at `clock`'s time) in `calls`, then answers.
+fn recording(
+    calls: &Calls,
+    clock: &Arc<ManualClock>,
+    answer: impl Fn(&Value) -> Result<Value, TaskFailure> + Send + Sync + 'static,
+) -> Arc<dyn TaskHandler> {
+    let (calls, clock) = (calls.clone(), clock.clone());
+    handler(move |payload| {
+        calls.record(clock.now(), &payload);
+        answer(&payload)
+    })
+}
+
 /// One call a handler got: when (by the manual clock) and with what.
 type Call = (DateTime<Utc>, Value);
 

@@ -36,12 +36,7 @@ async fn a_wait_resumes_from_its_stored_deadline_after_a_restart() {
     }
     clock.advance(Duration::from_secs(1800));
 
-    let seen = calls.clone();
-    let clock_in_handler = clock.clone();
-    let work = handler(move |payload| {
-        seen.record(clock_in_handler.now(), &payload);
-        Ok(json!("done"))
-    });
+    let work = recording(&calls, &clock, |_| Ok(json!("done")));
     let engine = open(&db, WAIT_THEN_WORK, vec![("work", work)], &clock);
     engine.run_until_idle().await.expect("resume");
     let view = engine

@@ -51,11 +51,8 @@ fn setup(script: Script) -> Run {
     let clock = manual_clock();
     let (submits, polls, finishes) = (Calls::default(), Calls::default(), Calls::default());
 
-    let seen = submits.clone();
-    let at = clock.clone();
     let fails = script.submit_fails;
-    let submit = handler(move |payload| {
-        seen.record(at.now(), &payload);
+    let submit = recording(&submits, &clock, move |_| {
         if fails {
             return Err(TaskFailure::new(
                 "TaskRunner.SecretMissing",
@@ -68,12 +65,10 @@ fn setup(script: Script) -> Run {
         )
     });
 
-    let seen = polls.clone();
     let at = clock.clone();
     let (done_after, runs_for) = (script.done_after_polls, script.runs_for);
-    let poll = handler(move |payload| {
+    let poll = recording(&polls, &clock, move |payload| {
         let now = at.now();
-        seen.record(now, &payload);
         let count = payload["run"]["polls"].as_u64().unwrap_or(0) + 1;
         let elapsed = now - t0();
         let done = match done_after {
@@ -87,10 +82,8 @@ fn setup(script: Script) -> Run {
     });
 
     let seen = finishes.clone();
-    let at = clock.clone();
     let failures = script.callback_failures;
-    let finish = handler(move |payload| {
-        seen.record(at.now(), &payload);
+    let finish = recording(&finishes, &clock, move |payload| {
         if seen.count() <= failures {
             return Err(TaskFailure::new(
                 "TaskRunner.CallbackFailed",

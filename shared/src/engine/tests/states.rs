@@ -26,9 +26,7 @@ async fn task_input_output_processing_like_the_aws_docs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
     let calls = Calls::default();
-    let seen = calls.clone();
-    let hello = handler(move |payload| {
-        seen.record(t0(), &payload);
+    let hello = recording(&calls, &clock, |payload| {
         let who = payload["who"].as_str().unwrap_or("nobody");
         Ok(json!({"message": format!("Hello, {who}!"), "noise": 1}))
     });
@@ -190,9 +188,7 @@ async fn retry_delays_grow_by_backoff_rate_up_to_the_cap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
     let calls = Calls::default();
-    let seen = calls.clone();
-    let flaky = handler(move |payload| {
-        seen.record(t0(), &payload);
+    let flaky = recording(&calls, &clock, |_| {
         Err(TaskFailure::new("Flaky.Error", "try again"))
     });
     let definition = retry_definition(
@@ -257,9 +253,7 @@ async fn max_attempts_zero_never_retries_and_goes_to_catch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
     let calls = Calls::default();
-    let seen = calls.clone();
-    let flaky = handler(move |payload| {
-        seen.record(t0(), &payload);
+    let flaky = recording(&calls, &clock, |_| {
         Err(TaskFailure::new("Flaky.Error", "no"))
     });
     let definition = retry_definition(r#"{"ErrorEquals": ["States.ALL"], "MaxAttempts": 0}"#);
@@ -433,11 +427,7 @@ async fn stop_aborts_and_nothing_runs_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
     let calls = Calls::default();
-    let seen = calls.clone();
-    let work = handler(move |payload| {
-        seen.record(t0(), &payload);
-        Ok(json!(1))
-    });
+    let work = recording(&calls, &clock, |_| Ok(json!(1)));
     let engine = open(&dir.path().join("e.db"), WAIT, vec![("work", work)], &clock);
     let input = json!({"wait": 3600, "until": "2026-01-01T00:00:00Z"});
     engine.start("s", &input).await.expect("start");
