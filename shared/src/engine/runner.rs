@@ -60,23 +60,6 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
     }
 }
 
-fn failed(err: &StateError) -> Update {
-    Update::Finish {
-        status: ExecutionStatus::Failed,
-        output: None,
-        error: Some(err.error.clone()),
-        cause: Some(err.cause.clone()),
-    }
-}
-
-fn failed_event(err: &StateError) -> NewEvent {
-    NewEvent::new(
-        "ExecutionFailed",
-        None,
-        json!({"error": err.error, "cause": err.cause}),
-    )
-}
-
 /// The events of entering `state` with `input`, and its update. A Wait's deadline is
 /// computed and stored now, so a restart does not wait from scratch.
 pub fn enter(
@@ -184,11 +167,21 @@ fn leave(
     }
 }
 
+/// Ends the execution as failed with `err`, after `events`.
 fn fail(version: i64, err: &StateError, mut events: Vec<NewEvent>) -> Step {
-    events.push(failed_event(err));
+    events.push(NewEvent::new(
+        "ExecutionFailed",
+        None,
+        json!({"error": err.error, "cause": err.cause}),
+    ));
     Step {
         version,
-        update: failed(err),
+        update: Update::Finish {
+            status: ExecutionStatus::Failed,
+            output: None,
+            error: Some(err.error.clone()),
+            cause: Some(err.cause.clone()),
+        },
         events,
     }
 }

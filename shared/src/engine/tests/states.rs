@@ -477,6 +477,33 @@ async fn wake_cuts_a_wait_short() {
 }
 
 #[tokio::test]
+async fn waits_end_at_their_seconds_and_timestamps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = manual_clock();
+    let calls = Calls::default();
+    let work = recording(&calls, &clock, |_| Ok(json!(1)));
+    let engine = open(&dir.path().join("e.db"), WAIT, vec![("work", work)], &clock);
+    let view = run_to_end(
+        &engine,
+        "waits",
+        json!({"wait": 90, "until": "2026-01-01T02:00:00Z"}),
+    )
+    .await;
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    let history = engine.history("waits").expect("history");
+    let exits: Vec<_> = history
+        .iter()
+        .filter(|e| e.event_type == "WaitStateExited")
+        .map(|e| e.timestamp - t0())
+        .collect();
+    assert_eq!(
+        exits,
+        [chrono::Duration::seconds(90), chrono::Duration::hours(2)]
+    );
+    assert_eq!(calls.all()[0].0 - t0(), chrono::Duration::hours(2));
+}
+
+#[tokio::test]
 async fn a_bad_seconds_path_fails_the_execution() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
