@@ -298,3 +298,6 @@ impl Orchestrator for Engine {
         Ok(self.store.purge_finished(before)?)
     }
 }
+
+#[cfg(test)]
+mod tests;

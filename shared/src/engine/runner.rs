@@ -40,14 +40,13 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
         }
         let step = match engine.definition.state(&cursor.state) {
             Some(state) => take_step(engine, name, &cursor, state).await?,
-            None => Some(Step {
-                version: cursor.version,
-                update: failed(&StateError::runtime(format!(
+            None => {
+                let err = StateError::runtime(format!(
                     "state {:?} is not in the definition; it was removed while the execution ran",
                     cursor.state
-                ))),
-                events: vec![failed_event(&StateError::runtime("unknown state"))],
-            }),
+                ));
+                Some(fail(cursor.version, &err, Vec::new()))
+            }
         };
         if let Some(step) = step {
             engine.store.apply(
@@ -59,23 +58,6 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
             )?;
         }
     }
-}
-
-fn failed(err: &StateError) -> Update {
-    Update::Finish {
-        status: ExecutionStatus::Failed,
-        output: None,
-        error: Some(err.error.clone()),
-        cause: Some(err.cause.clone()),
-    }
-}
-
-fn failed_event(err: &StateError) -> NewEvent {
-    NewEvent::new(
-        "ExecutionFailed",
-        None,
-        json!({"error": err.error, "cause": err.cause}),
-    )
 }
 
 /// The events of entering `state` with `input`, and its update. A Wait's deadline is
@@ -185,11 +167,21 @@ fn leave(
     }
 }
 
+/// Ends the execution as failed with `err`, after `events`.
 fn fail(version: i64, err: &StateError, mut events: Vec<NewEvent>) -> Step {
-    events.push(failed_event(err));
+    events.push(NewEvent::new(
+        "ExecutionFailed",
+        None,
+        json!({"error": err.error, "cause": err.cause}),
+    ));
     Step {
         version,
-        update: failed(err),
+        update: Update::Finish {
+            status: ExecutionStatus::Failed,
+            output: None,
+            error: Some(err.error.clone()),
+            cause: Some(err.cause.clone()),
+        },
         events,
     }
 }

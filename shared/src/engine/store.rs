@@ -609,6 +609,11 @@ mod tests {
     fn versions_guard_every_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let mode: String = store
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .expect("journal mode");
+        assert_eq!(mode, "wal");
         let now = Utc::now();
         let outcome = store
             .insert("e", &json!({"a": 1}), "A", None, &[], now)

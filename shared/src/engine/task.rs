@@ -88,16 +88,20 @@ pub async fn invoke(
     timeout: Option<Duration>,
 ) -> Result<Value, StateError> {
     let (handler, payload, wrap) = target(handlers, resource, parameters)?;
+    // The deadline is fixed before the call starts: a call may move a manual clock.
+    let end = timeout.map(|limit| {
+        clock.now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX)
+    });
     let call = handler.invoke(payload);
-    let result = match timeout {
-        None => call.await,
-        Some(limit) => tokio::select! {
+    let result = match (timeout, end) {
+        (Some(limit), Some(end)) => tokio::select! {
             biased;
             result = call => result,
-            () = deadline(clock, limit) => {
+            () = deadline(clock, end) => {
                 return Err(StateError::new(TIMEOUT, format!("the task did not finish within {} seconds", limit.as_secs())));
             }
         },
+        _ => call.await,
     };
     match result {
         Ok(value) if wrap => {
@@ -108,10 +112,9 @@ pub async fn invoke(
     }
 }
 
-/// Completes once `clock` shows `limit` past now. It watches the clock instead of sleeping
-/// on it, so a manual clock is not pushed forward by a timeout nobody reached.
-async fn deadline(clock: &Arc<dyn Clock>, limit: Duration) {
-    let end = clock.now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+/// Completes once `clock` shows `end`. It watches the clock instead of sleeping on it, so a
+/// manual clock is not pushed forward by a timeout nobody reached.
+async fn deadline(clock: &Arc<dyn Clock>, end: chrono::DateTime<chrono::Utc>) {
     loop {
         let left = (end - clock.now()).to_std().unwrap_or(Duration::ZERO);
         if left.is_zero() {

@@ -1,0 +1,249 @@
+//! The real `infra/state-machine.asl.json`, run with fake handlers.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::*;
+use crate::ports::{ExecutionStatus, ExecutionView, Orchestrator};
+
+const DEFINITION: &str = include_str!("../../../../infra/state-machine.asl.json");
+
+/// How the fake worker behaves.
+struct Script {
+    /// The poll that reports the task done, or `None` to use `runs_for`.
+    done_after_polls: Option<u64>,
+    /// How long the task runs, when `done_after_polls` is `None`.
+    runs_for: chrono::Duration,
+    /// Whether Submit fails with a non-retried error.
+    submit_fails: bool,
+    /// How many FinishAndCallback calls fail with `TaskRunner.CallbackFailed` first.
+    callback_failures: usize,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            done_after_polls: Some(3),
+            runs_for: chrono::Duration::zero(),
+            submit_fails: false,
+            callback_failures: 0,
+        }
+    }
+}
+
+struct Run {
+    engine: Arc<Engine>,
+    clock: Arc<ManualClock>,
+    submits: Calls,
+    polls: Calls,
+    finishes: Calls,
+    _dir: tempfile::TempDir,
+}
+
+/// The poll function's wait: about a tenth of the task's age, 5 to 300 seconds.
+fn wait_for(elapsed: chrono::Duration) -> i64 {
+    (elapsed.num_seconds() / 10).clamp(5, 300)
+}
+
+fn setup(script: Script) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = manual_clock();
+    let (submits, polls, finishes) = (Calls::default(), Calls::default(), Calls::default());
+
+    let fails = script.submit_fails;
+    let submit = recording(&submits, &clock, move |_| {
+        if fails {
+            return Err(TaskFailure::new(
+                "TaskRunner.SecretMissing",
+                "secret \"token\" does not exist",
+            ));
+        }
+        Ok(
+            json!({"worker": {"backend": "local", "id": "w-1"}, "phase": "pending",
+                  "done": false, "wait_seconds": 5, "polls": 0}),
+        )
+    });
+
+    let at = clock.clone();
+    let (done_after, runs_for) = (script.done_after_polls, script.runs_for);
+    let poll = recording(&polls, &clock, move |payload| {
+        let now = at.now();
+        let count = payload["run"]["polls"].as_u64().unwrap_or(0) + 1;
+        let elapsed = now - t0();
+        let done = match done_after {
+            Some(n) => count >= n,
+            None => elapsed >= runs_for,
+        };
+        Ok(
+            json!({"worker": payload["run"]["worker"], "phase": if done { "ended" } else { "running" },
+                  "done": done, "wait_seconds": wait_for(elapsed), "polls": count}),
+        )
+    });
+
+    let seen = finishes.clone();
+    let failures = script.callback_failures;
+    let finish = recording(&finishes, &clock, move |payload| {
+        if seen.count() <= failures {
+            return Err(TaskFailure::new(
+                "TaskRunner.CallbackFailed",
+                "callback receiver answered 503",
+            ));
+        }
+        Ok(json!({"delivered": true, "error": payload.get("error")}))
+    });
+
+    let substitutions = HashMap::from([
+        ("SubmitFunctionArn".to_string(), "submit".to_string()),
+        ("PollWorkerFunctionArn".to_string(), "poll".to_string()),
+        (
+            "FinishAndCallbackFunctionArn".to_string(),
+            "finish".to_string(),
+        ),
+    ]);
+    let handlers = HashMap::from([
+        ("submit".to_string(), submit),
+        ("poll".to_string(), poll),
+        ("finish".to_string(), finish),
+    ]);
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let engine = Engine::open(
+        &dir.path().join("engine.db"),
+        DEFINITION,
+        &substitutions,
+        handlers,
+        dyn_clock,
+    )
+    .expect("the real definition opens");
+    Run {
+        engine,
+        clock,
+        submits,
+        polls,
+        finishes,
+        _dir: dir,
+    }
+}
+
+async fn execute(run: &Run) -> ExecutionView {
+    run.engine
+        .start("task-1", &json!({"task_id": "task-1"}))
+        .await
+        .expect("start");
+    run.engine.run_until_idle().await.expect("run");
+    run.engine
+        .describe("task-1")
+        .await
+        .expect("describe")
+        .expect("exists")
+}
+
+#[tokio::test]
+async fn a_worker_done_after_three_polls() {
+    let run = setup(Script::default());
+    let view = execute(&run).await;
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    assert_eq!(view.output, Some(json!({"delivered": true, "error": null})));
+    assert_eq!(run.polls.count(), 3);
+    assert_eq!(run.finishes.count(), 1);
+    let finish_input = &run.finishes.all()[0].1;
+    assert_eq!(finish_input["task_id"], json!("task-1"));
+    assert_eq!(finish_input["run"]["done"], json!(true));
+    assert_eq!(finish_input["run"]["polls"], json!(3));
+    // Submit, 3 x (Wait, Poll, Choice), FinishAndCallback, Done.
+    assert_eq!(view.transitions, 12);
+    // Started + 5 (Submit) + 3 x (2 + 5 + 2) + 5 (Finish) + 2 (Done) + Succeeded.
+    assert_eq!(view.history_events, 41);
+    assert_eq!(view.current_state.as_deref(), Some("Done"));
+}
+
+#[tokio::test]
+async fn a_failed_submit_still_calls_back_with_the_error() {
+    let run = setup(Script {
+        submit_fails: true,
+        ..Script::default()
+    });
+    let view = execute(&run).await;
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    assert_eq!(
+        run.submits.count(),
+        1,
+        "a non-transient error is not retried"
+    );
+    assert_eq!(run.polls.count(), 0);
+    let finish_input = &run.finishes.all()[0].1;
+    assert_eq!(
+        finish_input["error"],
+        json!({"Error": "TaskRunner.SecretMissing", "Cause": "secret \"token\" does not exist"})
+    );
+    assert_eq!(
+        view.output,
+        Some(json!({"delivered": true, "error": finish_input["error"]}))
+    );
+}
+
+#[tokio::test]
+async fn a_refused_callback_is_retried_until_delivered() {
+    let run = setup(Script {
+        callback_failures: 2,
+        ..Script::default()
+    });
+    let view = execute(&run).await;
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    let calls = run.finishes.all();
+    assert_eq!(calls.len(), 3);
+    // FULL jitter: each delay is within [0, 5 * 2^n] seconds.
+    for (n, pair) in calls.windows(2).enumerate() {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= chrono::Duration::zero());
+        assert!(gap <= chrono::Duration::seconds(5 << n), "retry {n}: {gap}");
+    }
+}
+
+#[tokio::test]
+async fn an_undeliverable_callback_fails_the_execution() {
+    let run = setup(Script {
+        callback_failures: usize::MAX,
+        ..Script::default()
+    });
+    let view = execute(&run).await;
+    assert_eq!(view.status, ExecutionStatus::Failed);
+    assert_eq!(
+        view.error.as_deref(),
+        Some("TaskRunner.CallbackUndeliverable")
+    );
+    assert_eq!(run.finishes.count(), 9, "one call and eight retries");
+    assert_eq!(view.current_state.as_deref(), Some("CallbackUndeliverable"));
+    let state_input = view.state_input.expect("state input");
+    assert_eq!(
+        state_input["callback_error"]["Error"],
+        json!("TaskRunner.CallbackFailed")
+    );
+}
+
+#[tokio::test]
+async fn a_36_hour_task_runs_in_moments_under_a_manual_clock() {
+    let run = setup(Script {
+        done_after_polls: None,
+        runs_for: chrono::Duration::hours(36),
+        ..Script::default()
+    });
+    let real = Instant::now();
+    let view = execute(&run).await;
+    let took = real.elapsed();
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    assert!(run.clock.now() - t0() >= chrono::Duration::hours(36));
+    let polls = run.polls.all();
+    let waits: Vec<i64> = polls
+        .windows(2)
+        .map(|pair| (pair[1].0 - pair[0].0).num_seconds())
+        .collect();
+    assert!(waits.iter().all(|w| (5..=300).contains(w)), "{waits:?}");
+    println!(
+        "36-hour task: {} polls, {} transitions, {} history events, {:?} real time",
+        polls.len(),
+        view.transitions,
+        view.history_events,
+        took
+    );
+}
