@@ -123,9 +123,11 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
         started: Default::default(),
         duration,
     });
-    let mut config = Config::default();
-    config.poll = poll;
-    config.max_timeout_seconds = 40 * 3600;
+    let config = Config {
+        poll,
+        max_timeout_seconds: 40 * 3600,
+        ..Config::default()
+    };
     let steps = Arc::new(Steps {
         config: Arc::new(config),
         secrets: Arc::new(MemorySecretStore::default()),

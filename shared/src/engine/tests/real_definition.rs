@@ -61,6 +61,7 @@ fn setup(script: Script) -> Run {
         }
         Ok(
             json!({"worker": {"backend": "local", "id": "w-1"}, "phase": "pending",
+                  "submitted_at": "2026-01-01T00:00:00Z", "ended": null,
                   "done": false, "wait_seconds": 5, "polls": 0}),
         )
     });
@@ -77,6 +78,7 @@ fn setup(script: Script) -> Run {
         };
         Ok(
             json!({"worker": payload["run"]["worker"], "phase": if done { "ended" } else { "running" },
+                  "submitted_at": payload["run"]["submitted_at"], "ended": null,
                   "done": done, "wait_seconds": wait_for(elapsed), "polls": count}),
         )
     });
