@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::ports::{
-    ExecutionStatus, LogTail, Orchestrator, PortError, SecretStore, StartOutcome, TaskPhase,
-    TerminateReason, WorkerBackend,
+    ExecutionStatus, ExecutionView, LogTail, Orchestrator, PortError, SecretStore, StartOutcome,
+    TaskPhase, TerminateReason, WorkerBackend, WorkerHandle,
 };
 use crate::status::{TaskStatus, task_status};
 use crate::task::{TaskId, callback_token_secret_name};
@@ -85,6 +85,18 @@ pub struct TaskService {
 }
 
 impl TaskService {
+    /// The task's worker: the one the execution recorded (`$.run.worker`), else the one the
+    /// backend would give this task id (a worker not started yet).
+    fn worker_of(&self, id: &TaskId, execution: &ExecutionView) -> WorkerHandle {
+        execution
+            .state_input
+            .as_ref()
+            .and_then(|input| input.get("run"))
+            .and_then(|run| run.get("worker"))
+            .and_then(|worker| serde_json::from_value(worker.clone()).ok())
+            .unwrap_or_else(|| self.worker.handle_for(id))
+    }
+
     /// Validates and starts a task. The same request again returns the existing task;
     /// another request under the same task id is a 409.
     pub async fn submit(&self, body: &[u8]) -> Result<Submitted, ApiError> {
@@ -153,7 +165,7 @@ impl TaskService {
         );
         if execution.status == ExecutionStatus::Running && between_polls {
             if let Ok(id) = TaskId::parse(task_id) {
-                if let Ok(live) = self.worker.status(&self.worker.handle_for(&id)).await {
+                if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
                     status.status = match live.task {
                         TaskPhase::Pending => "starting",
                         TaskPhase::Preparing => "preparing",
@@ -174,12 +186,14 @@ impl TaskService {
     pub async fn logs(&self, task_id: &str, max_bytes: usize) -> Result<LogTail, ApiError> {
         let id =
             TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
-        if self.orchestrator.describe(task_id).await?.is_none() {
-            return Err(ApiError::not_found(task_id));
-        }
+        let execution = self
+            .orchestrator
+            .describe(task_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(task_id))?;
         Ok(self
             .worker
-            .log_tail(&self.worker.handle_for(&id), max_bytes)
+            .log_tail(&self.worker_of(&id, &execution), max_bytes)
             .await?)
     }
 
@@ -199,7 +213,7 @@ impl TaskService {
             ));
         }
         self.worker
-            .terminate(&self.worker.handle_for(&id), TerminateReason::Cancelled)
+            .terminate(&self.worker_of(&id, &execution), TerminateReason::Cancelled)
             .await?;
         tracing::info!(task_id, "task cancelled");
         (self.wake)(task_id);
