@@ -42,6 +42,7 @@ pub async fn serve(listen: Option<String>, args: &EmbeddedArgs) -> Result<ExitCo
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    raise_open_file_limit();
     let embedded = open_embedded(&data_dir, config.clone())?;
     let static_key = std::env::var("TASKRUNNER_API_KEY").ok().map(Secret::new);
     let api_keys = embedded.api_keys(static_key);
@@ -124,4 +125,23 @@ pub async fn cleanup_once(args: &EmbeddedArgs) -> Result<ExitCode> {
     let report = embedded.cleanup().await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each running task holds a process handle; lift the soft open-file limit to the hard one
+/// so a thousand tasks in flight do not hit the common default of 1,024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(limit = limit.rlim_cur, "open-file limit raised");
+            }
+        }
+    }
 }
