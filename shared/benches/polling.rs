@@ -17,13 +17,13 @@ use taskrunner::adapters::memory::MemorySecretStore;
 use taskrunner::callback::{CallbackPolicy, CallbackSender};
 use taskrunner::clock::ManualClock;
 use taskrunner::config::{Config, PollConfig};
-use taskrunner::embedded::{STATE_MACHINE, step_handlers, substitutions};
+use taskrunner::embedded::{STATE_MACHINE, substitutions};
 use taskrunner::engine::Engine;
 use taskrunner::ports::{
     Clock, LogTail, Orchestrator, Outcome, PortError, TaskEnd, TaskPhase, TerminateReason,
     WorkerBackend, WorkerHandle, WorkerStatus, WorkerSummary,
 };
-use taskrunner::steps::Steps;
+use taskrunner::steps::{Steps, step_handlers};
 use taskrunner::task::{TaskFile, TaskId, TaskSpec, WorkerResources};
 
 /// A worker whose task runs for a fixed time on the manual clock.

@@ -8,21 +8,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-
 use crate::adapters::local::secrets::LocalSecretStore;
 use crate::adapters::local::worker::{LocalWorker, LocalWorkerConfig};
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackPolicy, CallbackSender, check_callback_url};
 use crate::config::Config;
-use crate::engine::{Engine, TaskFailure, TaskHandler};
+use crate::engine::Engine;
 use crate::ports::{Clock, SecretStore};
 use crate::secret::Secret;
 use crate::service::TaskService;
-use crate::steps::{self, CleanupReport, StepError, Steps, errors};
+use crate::steps::{self, CleanupReport, StepError, Steps};
+
+pub use crate::steps::step_handlers;
 
 /// The state machine definition, compiled in so the binary runs from anywhere.
 pub const STATE_MACHINE: &str = include_str!("../../infra/state-machine.asl.json");
@@ -179,62 +176,5 @@ impl Embedded {
     /// Runs the cleanup sweep once.
     pub async fn cleanup(&self) -> Result<CleanupReport, StepError> {
         steps::cleanup(&self.steps, self.engine.as_ref()).await
-    }
-}
-
-/// The Task handlers of the state machine: each calls its step, as the Lambda functions do
-/// in AWS, keyed by the names [`substitutions`] gives the placeholders.
-pub fn step_handlers(steps: &Arc<Steps>) -> HashMap<String, Arc<dyn TaskHandler>> {
-    [
-        ("submit", Step::Submit),
-        ("poll-worker", Step::Poll),
-        ("finish-and-callback", Step::Finish),
-    ]
-    .into_iter()
-    .map(|(name, step)| {
-        let handler: Arc<dyn TaskHandler> = Arc::new(StepHandler {
-            steps: Arc::clone(steps),
-            step,
-        });
-        (name.to_owned(), handler)
-    })
-    .collect()
-}
-
-#[derive(Clone, Copy)]
-enum Step {
-    Submit,
-    Poll,
-    Finish,
-}
-
-/// Calls a step with the state's payload, as the Lambda functions do in AWS.
-struct StepHandler {
-    steps: Arc<Steps>,
-    step: Step,
-}
-
-fn decode<T: DeserializeOwned>(payload: Value) -> Result<T, TaskFailure> {
-    serde_json::from_value(payload).map_err(|err| {
-        TaskFailure::new(
-            errors::BAD_INPUT,
-            format!("the step's input is not what it expects: {err}"),
-        )
-    })
-}
-
-fn encode<T: Serialize>(result: Result<T, StepError>) -> Result<Value, TaskFailure> {
-    let output = result.map_err(|err| TaskFailure::new(err.error, err.cause))?;
-    serde_json::to_value(output).map_err(|err| TaskFailure::new(errors::BAD_INPUT, err.to_string()))
-}
-
-#[async_trait]
-impl TaskHandler for StepHandler {
-    async fn invoke(&self, payload: Value) -> Result<Value, TaskFailure> {
-        match self.step {
-            Step::Submit => encode(steps::submit(&self.steps, decode(payload)?).await),
-            Step::Poll => encode(steps::poll_worker(&self.steps, decode(payload)?).await),
-            Step::Finish => encode(steps::finish_and_callback(&self.steps, decode(payload)?).await),
-        }
     }
 }

@@ -6,6 +6,7 @@
 
 mod cleanup;
 mod finish;
+mod handler;
 mod poll;
 mod submit;
 
@@ -21,6 +22,7 @@ use crate::task::TaskSpec;
 
 pub use cleanup::{CleanupReport, cleanup};
 pub use finish::{CallbackReport, FinishOutput, callback_body, finish_and_callback};
+pub use handler::{Step, StepHandler, step_handlers};
 pub use poll::poll_worker;
 pub use submit::submit;
 
