@@ -89,7 +89,7 @@ pub async fn serve(listen: Option<String>, args: &EmbeddedArgs) -> Result<ExitCo
     let state = Arc::new(AppState {
         service: embedded.service.clone(),
         api_keys,
-        public_url: public_url.clone(),
+        public_url: Some(public_url.clone()),
     });
     tracing::info!(%address, data_dir = %data_dir.display(), "taskrunner listening");
     println!("taskrunner listening on {public_url}");

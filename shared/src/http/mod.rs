@@ -26,8 +26,24 @@ pub struct AppState {
     pub service: TaskService,
     /// API key checks.
     pub api_keys: ApiKeys,
-    /// Base URL for `status_url` (no trailing slash).
-    pub public_url: String,
+    /// Base URL for `status_url` (no trailing slash); when `None`, taken from the request's
+    /// `Host` and `X-Forwarded-Proto` headers (API Gateway sets both).
+    pub public_url: Option<String>,
+}
+
+impl AppState {
+    /// The base URL `status_url`s start with.
+    pub(crate) fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let host = header("x-forwarded-host")
+            .or(header("host"))
+            .unwrap_or("localhost");
+        let scheme = header("x-forwarded-proto").unwrap_or("https");
+        format!("{scheme}://{host}")
+    }
 }
 
 /// Builds the router.

@@ -48,7 +48,11 @@ pub async fn submit(
             } else {
                 "Started Task successfully".to_owned()
             };
-            let status_url = format!("{}/task-runner/{}", state.public_url, submitted.task_id);
+            let status_url = format!(
+                "{}/task-runner/{}",
+                state.base_url(&headers),
+                submitted.task_id
+            );
             let response = TaskRunnerResponse {
                 success: true,
                 message,

@@ -31,7 +31,7 @@ fn harness() -> Harness {
     let state = Arc::new(AppState {
         api_keys: embedded.api_keys(Some(Secret::new(KEY))),
         service: embedded.service.clone(),
-        public_url: "http://tr.test".into(),
+        public_url: Some("http://tr.test".into()),
     });
     Harness {
         _dir: dir,
