@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ports::{ExecutionStatus, ExecutionView, Outcome};
-use crate::steps::{CaughtError, FinishInput, FinishOutput};
+use crate::steps::{CaughtError, FinishOutput, RunState};
 
 /// What became of a task's callback.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -93,7 +93,18 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
     let webhook_id = format!("msg_{}", execution.name);
     let state_input = execution.state_input.clone().unwrap_or(Value::Null);
 
-    match execution.status {
+    // The last state of a finished execution is entered (and persisted) a moment before the
+    // execution is marked finished: read such a state's input as the outcome already.
+    let effective = match (execution.status, execution.current_state.as_deref()) {
+        (ExecutionStatus::Running, Some("Done")) => ExecutionStatus::Succeeded,
+        (ExecutionStatus::Running, Some("CallbackUndeliverable")) => ExecutionStatus::Failed,
+        (status, _) => status,
+    };
+    let output = match execution.status {
+        ExecutionStatus::Running => Some(state_input.clone()),
+        _ => execution.output.clone(),
+    };
+    match effective {
         ExecutionStatus::Running => {
             let phase = state_input
                 .get("run")
@@ -116,10 +127,8 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
             }
         }
         ExecutionStatus::Succeeded => {
-            if let Some(output) = execution
-                .output
-                .clone()
-                .and_then(|output| serde_json::from_value::<FinishOutput>(output).ok())
+            if let Some(output) =
+                output.and_then(|output| serde_json::from_value::<FinishOutput>(output).ok())
             {
                 apply_outcome(&mut status, output.status, output.exit_code, output.reason);
                 status.started_at = output.started_at;
@@ -133,12 +142,12 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
             }
         }
         ExecutionStatus::Failed | ExecutionStatus::Aborted | ExecutionStatus::TimedOut => {
-            let finish: Option<FinishInput> = serde_json::from_value(state_input.clone()).ok();
-            let end = finish
-                .as_ref()
-                .and_then(|input| input.run.as_ref())
-                .and_then(|run| run.ended.clone());
-            match (end, finish.as_ref().and_then(|input| input.error.clone())) {
+            let field = |key: &str| state_input.get(key).cloned().unwrap_or(Value::Null);
+            let end = serde_json::from_value::<RunState>(field("run"))
+                .ok()
+                .and_then(|run| run.ended);
+            let caught = serde_json::from_value::<CaughtError>(field("error")).ok();
+            match (end, caught) {
                 (_, Some(caught)) => {
                     apply_outcome(&mut status, Outcome::Error, None, Some(caught.message()))
                 }
@@ -185,4 +194,75 @@ fn apply_outcome(
     status.success = Some(outcome.is_success());
     status.exit_code = exit_code;
     status.reason = reason;
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+
+    fn execution(status: ExecutionStatus, state: &str, state_input: Value) -> ExecutionView {
+        ExecutionView {
+            name: "t".into(),
+            status,
+            input: json!({"task": {"task_file": "a.sh", "worker": {"name": "Small"}, "callback_url": "http://x/cb"}}),
+            output: None,
+            error: None,
+            cause: None,
+            current_state: Some(state.into()),
+            state_input: Some(state_input),
+            started_at: Utc::now(),
+            stopped_at: None,
+            transitions: 9,
+            history_events: 30,
+        }
+    }
+
+    #[test]
+    fn an_execution_entering_its_last_state_already_shows_the_outcome() {
+        let output = json!({"task_id": "t", "task_name": "a.sh", "success": false, "status": "cancelled",
+            "exit_code": null, "reason": "cancelled", "started_at": null, "finished_at": Utc::now(),
+            "duration_seconds": null, "logs_truncated": false,
+            "callback": {"delivered": true, "status_code": 200, "webhook_id": "msg_t", "signed": false}});
+        let status = task_status(&execution(ExecutionStatus::Running, "Done", output));
+        assert_eq!(status.status, "cancelled");
+        assert!(status.done);
+        assert_eq!(status.callback.map(|c| c.delivered), Some(true));
+    }
+
+    #[test]
+    fn phases_read_from_the_run() {
+        let running = json!({"task": {}, "run": {"phase": "running"}});
+        assert_eq!(
+            task_status(&execution(
+                ExecutionStatus::Running,
+                "WaitForWorker",
+                running
+            ))
+            .status,
+            "running"
+        );
+        let ended = json!({"task": {}, "run": {"phase": "ended"}});
+        assert_eq!(
+            task_status(&execution(ExecutionStatus::Running, "IsTaskDone", ended)).status,
+            "finishing"
+        );
+        let undeliverable = json!({"task": {"task_file": "a.sh"}, "run": {"worker": {"backend": "local", "id": "t"},
+            "submitted_at": Utc::now(), "phase": "ended", "done": true, "wait_seconds": 0, "polls": 1,
+            "ended": {"outcome": "failed", "exit_code": 1, "reason": null, "started_at": null, "finished_at": Utc::now()}},
+            "callback_error": {"Error": "TaskRunner.CallbackFailed", "Cause": "receiver answered 500"}});
+        let status = task_status(&execution(
+            ExecutionStatus::Running,
+            "CallbackUndeliverable",
+            undeliverable,
+        ));
+        assert_eq!(status.status, "failed");
+        assert_eq!(status.exit_code, Some(1));
+        assert_eq!(
+            status.callback.and_then(|c| c.error).as_deref(),
+            Some("receiver answered 500")
+        );
+    }
 }
