@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 
 use crate::adapters::memory::MemorySecretStore;
 use crate::callback::{CallbackPolicy, CallbackSender};
@@ -24,6 +24,7 @@ pub struct FakeWorker {
     pub phase: Mutex<Option<TaskPhase>>,
     pub calls: Mutex<Vec<String>>,
     pub log: Mutex<String>,
+    pub workers: Mutex<Vec<WorkerSummary>>,
 }
 
 impl FakeWorker {
@@ -75,15 +76,13 @@ impl WorkerBackend for FakeWorker {
         }
     }
     async fn list(&self) -> Result<Vec<WorkerSummary>, PortError> {
-        Ok(Vec::new())
+        Ok(self.workers.lock().unwrap().clone())
     }
 }
 
 /// Steps over fakes, a manual clock and an in-memory secret store.
 pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-    ));
+    let clock = Arc::new(ManualClock::new(Utc::now()));
     let policy = CallbackPolicy {
         timeout: Duration::from_secs(5),
         ..CallbackPolicy::default()

@@ -239,3 +239,76 @@ async fn a_refusing_receiver_is_a_retryable_error() {
     let output = finish_and_callback(&steps, input).await.unwrap();
     assert!(output.success);
 }
+
+#[tokio::test]
+async fn cleanup_frees_what_ended_executions_left_and_spares_the_rest() {
+    use crate::engine::Engine;
+    use crate::ports::{Orchestrator, WorkerSummary};
+    use std::collections::HashMap;
+
+    let worker = Arc::new(FakeWorker::default());
+    let (steps, clock) = steps(worker.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut handlers: HashMap<String, Arc<dyn crate::engine::TaskHandler>> = HashMap::new();
+    handlers.insert("noop".into(), Arc::new(Noop));
+    let engine = Engine::open(
+        &dir.path().join("engine.db"),
+        r#"{"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": true}}}"#,
+        &HashMap::new(),
+        handlers,
+        clock.clone(),
+    )
+    .unwrap();
+    engine
+        .start("running", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let summary = |id: &str, keep: Option<i64>| WorkerSummary {
+        handle: worker.handle_for(&crate::task::TaskId::parse(id).unwrap()),
+        task_id: id.into(),
+        holds_resources: true,
+        keep_until: keep.map(|minutes| clock.now() + chrono::Duration::minutes(minutes)),
+    };
+    *worker.workers.lock().unwrap() = vec![
+        summary("running", None),
+        summary("gone", None),
+        summary("kept", Some(30)),
+        summary("expired", Some(-1)),
+    ];
+    for id in ["running", "gone"] {
+        steps
+            .secrets
+            .put(
+                &callback_token_secret_name(&crate::task::TaskId::parse(id).unwrap()),
+                &Secret::new("x"),
+            )
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(120));
+
+    let report = cleanup(&steps, engine.as_ref()).await.unwrap();
+    assert_eq!(report.workers_terminated, vec!["gone", "expired"]);
+    assert_eq!(report.callback_tokens_deleted, vec!["gone"]);
+    assert_eq!(
+        worker
+            .calls()
+            .iter()
+            .filter(|call| *call == "terminate:Cleanup")
+            .count(),
+        2
+    );
+    assert!(engine.describe("running").await.unwrap().is_some());
+}
+
+struct Noop;
+
+#[async_trait::async_trait]
+impl crate::engine::TaskHandler for Noop {
+    async fn invoke(
+        &self,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, crate::engine::TaskFailure> {
+        Ok(payload)
+    }
+}
