@@ -12,17 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::TaskRunnerResponse;
 
-use super::{AppState, authorize, error_response};
+use super::{AppState, Authorized, error_response};
 
 /// `POST /task-runner`: 202 with the task id and its status URL.
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    Authorized(key_name): Authorized,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(denied) = authorize(&state, &headers).await {
-        return denied;
-    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -43,6 +41,7 @@ pub async fn submit(
     };
     match state.service.submit(&body).await {
         Ok(submitted) => {
+            tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit");
             let message = if submitted.existing {
                 "Task already accepted with this request; returning the existing task".to_owned()
             } else {
@@ -68,12 +67,9 @@ pub async fn submit(
 /// `GET /task-runner/{task_id}`.
 pub async fn status(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _key: Authorized,
     Path(task_id): Path<String>,
 ) -> Response {
-    if let Err(denied) = authorize(&state, &headers).await {
-        return denied;
-    }
     match state.service.status(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),
@@ -101,13 +97,10 @@ pub struct LogsResponse {
 /// `GET /task-runner/{task_id}/logs?max_bytes=N`.
 pub async fn logs(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _key: Authorized,
     Path(task_id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Response {
-    if let Err(denied) = authorize(&state, &headers).await {
-        return denied;
-    }
     let max_bytes = query
         .max_bytes
         .unwrap_or(state.service.config.log_tail_bytes)
@@ -126,12 +119,9 @@ pub async fn logs(
 /// `DELETE /task-runner/{task_id}`: cancel.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _key: Authorized,
     Path(task_id): Path<String>,
 ) -> Response {
-    if let Err(denied) = authorize(&state, &headers).await {
-        return denied;
-    }
     match state.service.cancel(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),

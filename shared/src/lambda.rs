@@ -1,0 +1,206 @@
+//! The Lambda functions' entry points: each binary in `functions/` calls one of these.
+//!
+//! Configuration comes from the environment `template.yaml` sets; AWS clients are built once
+//! at init from the default credential chain and make no call until the first event.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde_json::Value;
+
+use crate::adapters::aws::codebuild::{CodeBuildConfig, CodeBuildWorker};
+use crate::adapters::aws::secrets::AwsSecretStore;
+use crate::adapters::aws::sfn::StepFunctions;
+use crate::auth::ApiKeys;
+use crate::callback::{CallbackSender, check_callback_url};
+use crate::config::Config;
+use crate::embedded::callback_policy;
+use crate::engine::{TaskFailure, TaskHandler};
+use crate::http::{AppState, router};
+use crate::ports::{Orchestrator, SecretStore, WorkerBackend};
+use crate::secret::Secret;
+use crate::service::TaskService;
+use crate::steps::{Step, StepHandler, Steps};
+
+/// Settings only the AWS deployment has, from `TASKRUNNER_*` variables.
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    /// Secrets Manager name prefix (`TASKRUNNER_SECRET_PREFIX`, default `taskrunner/`).
+    pub secret_prefix: String,
+    /// The state machine (`TASKRUNNER_STATE_MACHINE_ARN`; api and cleanup only).
+    pub state_machine_arn: Option<String>,
+    /// The CodeBuild project (`TASKRUNNER_CODEBUILD_PROJECT`).
+    pub codebuild_project: String,
+    /// Its log group (`TASKRUNNER_CODEBUILD_LOG_GROUP`).
+    pub codebuild_log_group: String,
+}
+
+impl AwsSettings {
+    /// Reads the settings; says which variable is missing.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let required = |name: &str| {
+            var(name).ok_or_else(|| format!("{name} is not set; template.yaml sets it for every function"))
+        };
+        Ok(Self {
+            secret_prefix: var("TASKRUNNER_SECRET_PREFIX").unwrap_or_else(|| "taskrunner/".into()),
+            state_machine_arn: var("TASKRUNNER_STATE_MACHINE_ARN"),
+            codebuild_project: required("TASKRUNNER_CODEBUILD_PROJECT")?,
+            codebuild_log_group: required("TASKRUNNER_CODEBUILD_LOG_GROUP")?,
+        })
+    }
+}
+
+/// The AWS adapters and steps, built once per Lambda instance.
+pub struct AwsStack {
+    /// Configuration (defaults and `TASKRUNNER_*` variables).
+    pub config: Arc<Config>,
+    /// AWS-only settings.
+    pub settings: AwsSettings,
+    /// Secrets Manager.
+    pub secrets: Arc<dyn SecretStore>,
+    /// CodeBuild workers.
+    pub worker: Arc<dyn WorkerBackend>,
+    /// The steps.
+    pub steps: Arc<Steps>,
+    sdk: SdkConfig,
+}
+
+impl AwsStack {
+    /// Builds everything from the environment and an SDK configuration. No network call.
+    pub fn new(sdk: SdkConfig) -> Result<Self, String> {
+        let mut config = Config::load(None)?;
+        // Lambda callbacks never go to the function's own loopback.
+        if std::env::var("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK").is_err() {
+            config.callback.allow_loopback = false;
+        }
+        let config = Arc::new(config);
+        let settings = AwsSettings::from_env()?;
+        let secrets: Arc<dyn SecretStore> = Arc::new(AwsSecretStore::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            settings.secret_prefix.clone(),
+        ));
+        let worker: Arc<dyn WorkerBackend> = Arc::new(CodeBuildWorker::new(
+            aws_sdk_codebuild::Client::new(&sdk),
+            aws_sdk_cloudwatchlogs::Client::new(&sdk),
+            CodeBuildConfig {
+                project_name: settings.codebuild_project.clone(),
+                secret_prefix: settings.secret_prefix.clone(),
+                sizes: config.worker_sizes.clone(),
+                log_group: settings.codebuild_log_group.clone(),
+                buildspec: crate::adapters::aws::codebuild::RUNNER_BUILDSPEC.to_owned(),
+            },
+        ));
+        let steps = Arc::new(Steps {
+            config: Arc::clone(&config),
+            secrets: Arc::clone(&secrets),
+            worker: Arc::clone(&worker),
+            clock: Arc::new(crate::clock::SystemClock),
+            callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
+        });
+        Ok(Self {
+            config,
+            settings,
+            secrets,
+            worker,
+            steps,
+            sdk,
+        })
+    }
+
+    /// The Step Functions orchestrator (api and cleanup).
+    pub fn orchestrator(&self) -> Result<Arc<dyn Orchestrator>, String> {
+        let arn = self.settings.state_machine_arn.clone().ok_or_else(|| {
+            "TASKRUNNER_STATE_MACHINE_ARN is not set; template.yaml sets it for the api and cleanup functions".to_owned()
+        })?;
+        Ok(Arc::new(StepFunctions::new(aws_sdk_sfn::Client::new(&self.sdk), arn)))
+    }
+}
+
+/// Loads the SDK configuration (region and credentials resolve lazily, at the first call).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Runs a step function (`submit`, `poll-worker`, `finish-and-callback`) until Lambda stops it.
+pub async fn run_step(step: Step) -> Result<(), lambda_runtime::Error> {
+    let stack = AwsStack::new(sdk_config().await)?;
+    let handler = Arc::new(StepHandler::new(Arc::clone(&stack.steps), step));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let handler = Arc::clone(&handler);
+        async move { handler.invoke(event.payload).await.map_err(StepFailure) }
+    }))
+    .await
+}
+
+/// Runs the cleanup sweep on each scheduled event.
+pub async fn run_cleanup() -> Result<(), lambda_runtime::Error> {
+    let stack = Arc::new(AwsStack::new(sdk_config().await)?);
+    let orchestrator = stack.orchestrator()?;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| {
+        let (stack, orchestrator) = (Arc::clone(&stack), Arc::clone(&orchestrator));
+        async move {
+            let report = crate::steps::cleanup(&stack.steps, orchestrator.as_ref())
+                .await
+                .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
+            serde_json::to_value(report).map_err(|err| StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string())))
+        }
+    }))
+    .await
+}
+
+/// Serves the HTTP API (the same router as `taskrunner serve`) behind API Gateway.
+pub async fn run_api() -> Result<(), lambda_runtime::Error> {
+    let stack = AwsStack::new(sdk_config().await)?;
+    let app = api_router(&stack)?;
+    lambda_http::run(app).await
+}
+
+/// The API router over the AWS adapters.
+pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
+    let policy = callback_policy(&stack.config)?;
+    let service = TaskService {
+        config: Arc::clone(&stack.config),
+        secrets: Arc::clone(&stack.secrets),
+        worker: Arc::clone(&stack.worker),
+        orchestrator: stack.orchestrator()?,
+        allow_local_repositories: false,
+        base_dir: std::path::PathBuf::from("/"),
+        check_callback_url: Arc::new(move |url: &str| check_callback_url(url, &policy).map(|_| ())),
+        wake: Arc::new(|_: &str| {}),
+    };
+    let static_key = std::env::var("TASKRUNNER_API_KEY").ok().map(Secret::new);
+    let state = Arc::new(AppState {
+        api_keys: ApiKeys::new(Arc::clone(&stack.secrets), static_key),
+        service,
+        public_url: stack.config.public_url.clone(),
+    });
+    Ok(router(state))
+}
+
+/// A step's failure as Lambda reports it: `errorType` is the name the state machine's
+/// `Retry` and `Catch` match on.
+#[derive(Debug)]
+pub struct StepFailure(pub TaskFailure);
+
+impl From<StepFailure> for Diagnostic {
+    fn from(failure: StepFailure) -> Self {
+        Diagnostic {
+            error_type: failure.0.error,
+            error_message: failure.0.cause,
+        }
+    }
+}
+
+/// Logs as JSON lines without timestamps (CloudWatch adds them), level from `RUST_LOG`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
