@@ -1,11 +1,15 @@
 //! Test support: a `taskrunner serve` child process, a callback receiver, and a git server
-//! over HTTP that demands a token. Everything listens on 127.0.0.1 only.
+//! over HTTP that demands a token; for the ASL cross-check, a scripted worker, the steps
+//! behind a Lambda-like HTTP endpoint and the Node harness. Everything listens on 127.0.0.1 only.
 
 #![allow(dead_code)]
 
+pub mod asl_harness;
 pub mod git_server;
 pub mod receiver;
+pub mod scripted_worker;
 pub mod server;
+pub mod step_server;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
