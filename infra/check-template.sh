@@ -110,7 +110,7 @@ for name, machine in machines.items():
         problems.append(f"{name}: {asl_path} uses ${{{missing}}} but DefinitionSubstitutions lacks it")
     for unused in sorted(subs - placeholders):
         problems.append(f"{name}: DefinitionSubstitutions has {unused}, which {asl_path} never uses")
-print(f"state machines: {', '.join(machines) or 'none'}; placeholders matched: {', '.join(sorted(placeholders))}")
+print(f"state machines: {', '.join(machines) or 'none'}; placeholders in the ASL file: {', '.join(sorted(placeholders))}")
 
 # Each Rust function is built by cargo-lambda from the workspace root.
 functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
