@@ -18,7 +18,7 @@ TEMPLATE=template.yaml
 ASL=infra/state-machine.asl.json
 SAMCONFIG=infra/samconfig.toml.example
 REQUIREMENTS=infra/requirements-check.txt
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/taskrunner-ci"
+CACHE="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/taskrunner-ci"
 VENV="$CACHE/venv"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -120,6 +120,16 @@ for name, function in functions.items():
         problems.append(f"{name}: Metadata.BuildMethod must be rust-cargolambda")
     if function["Properties"].get("CodeUri") != ".":
         problems.append(f"{name}: CodeUri must be . (the cargo workspace root)")
+# API Gateway HTTP APIs refuse route keys ending in "/" at deploy time (no linter checks it).
+routes = []
+for name, function in functions.items():
+    for event_name, event in function["Properties"].get("Events", {}).items():
+        if event.get("Type") == "HttpApi":
+            path = event["Properties"].get("Path", "")
+            routes.append(f"{event['Properties'].get('Method', 'ANY').upper()} {path}")
+            if len(path) > 1 and path.endswith("/"):
+                problems.append(f"{name}.{event_name}: HttpApi path {path!r} ends in '/', which HTTP APIs refuse")
+print(f"HttpApi routes ({len(routes)}): " + ", ".join(routes))
 binaries = {n: f.get("Metadata", {}).get("BuildProperties", {}).get("Binary") for n, f in functions.items()}
 print("functions (binary): " + ", ".join(f"{n} ({b})" for n, b in binaries.items()))
 
