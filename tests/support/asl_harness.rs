@@ -33,12 +33,33 @@ fn asl_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/asl"))
 }
 
-/// The Node 22 binary the `node` npm package installs, after checking the interpreter
-/// package is there too. Panics, saying how to install them, when either is missing.
+/// The Node 22 binary the `node` npm package installs. The first call installs the pinned
+/// packages (`npm ci --prefix tests/asl`) when they are missing, so `cargo test --workspace`
+/// needs nothing else; it panics, saying how to install them, when that fails.
 pub fn node() -> PathBuf {
+    static INSTALL: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let dir = asl_dir();
     let node = dir.join("node_modules/node/bin/node");
     let library = dir.join("node_modules/aws-local-stepfunctions/package.json");
+    INSTALL.get_or_init(|| {
+        if node.is_file() && library.is_file() {
+            return;
+        }
+        let status = std::process::Command::new("npm")
+            .args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status();
+        if let Err(err) = status {
+            eprintln!("npm could not be run ({err}); install Node.js with npm");
+        }
+    });
     assert!(
         node.is_file() && library.is_file(),
         "the ASL cross-check needs Node 22 and aws-local-stepfunctions under {}: \
