@@ -47,6 +47,7 @@ pub enum AuthError {
 pub struct ApiKeys {
     store: Arc<dyn SecretStore>,
     static_key: Option<Secret>,
+    static_key_secret: Option<String>,
 }
 
 impl ApiKeys {
@@ -55,7 +56,15 @@ impl ApiKeys {
         Self {
             store,
             static_key: static_key.filter(|key| !key.expose().is_empty()),
+            static_key_secret: None,
         }
+    }
+
+    /// Also accepts the key held by the secret `name` (read at each check, so a rotated
+    /// value takes effect at once): the AWS deployment's counterpart of `TASKRUNNER_API_KEY`.
+    pub fn with_key_from_secret(mut self, name: impl Into<String>) -> Self {
+        self.static_key_secret = Some(name.into()).filter(|name| !name.is_empty());
+        self
     }
 
     /// Creates a key named `name`; returns the record and the key, which is shown only now.
@@ -125,7 +134,9 @@ impl ApiKeys {
 
     /// Whether any key exists at all (static or stored).
     pub async fn any(&self) -> Result<bool, PortError> {
-        Ok(self.static_key.is_some() || !self.store.list(API_KEY_PREFIX).await?.is_empty())
+        Ok(self.static_key.is_some()
+            || self.static_key_secret.is_some()
+            || !self.store.list(API_KEY_PREFIX).await?.is_empty())
     }
 
     /// Checks an `Authorization` header value; returns the key's name.
@@ -147,6 +158,13 @@ impl ApiKeys {
         if let Some(expected) = &self.static_key {
             if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
                 return Ok("static".into());
+            }
+        }
+        if let Some(name) = &self.static_key_secret {
+            if let Some(expected) = self.store.get(name).await? {
+                if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+                    return Ok(name.clone());
+                }
             }
         }
         let denied = || {
@@ -210,6 +228,22 @@ mod tests {
         assert!(keys.create("ci-main").await.is_err(), "names are unique");
         assert!(keys.revoke(&record.name).await.unwrap());
         assert!(keys.check(Some(&header)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_key_held_by_a_secret_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path(), None).with_key_from_secret("api-key");
+        assert!(keys.check(Some("Bearer rotated-1")).await.is_err());
+        keys.store
+            .put("api-key", &Secret::new("rotated-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            keys.check(Some("Bearer rotated-1")).await.unwrap(),
+            "api-key"
+        );
+        assert!(keys.check(Some("Bearer rotated-2")).await.is_err());
     }
 
     #[tokio::test]
