@@ -171,8 +171,9 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
         wake: Arc::new(|_: &str| {}),
     };
     let static_key = std::env::var("TASKRUNNER_API_KEY").ok().map(Secret::new);
+    let key_secret = std::env::var("TASKRUNNER_API_KEY_SECRET_NAME").unwrap_or_default();
     let state = Arc::new(AppState {
-        api_keys: ApiKeys::new(Arc::clone(&stack.secrets), static_key),
+        api_keys: ApiKeys::new(Arc::clone(&stack.secrets), static_key).with_key_from_secret(key_secret),
         service,
         public_url: stack.config.public_url.clone(),
     });
