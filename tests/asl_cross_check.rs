@@ -90,6 +90,7 @@ impl World {
             worker: worker.clone(),
             clock: clock.clone(),
             callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
+            gate: None,
         });
         let input = json!({ "task": spec(&receiver.url, case.timeout_seconds) });
         Self {
@@ -154,6 +155,8 @@ fn spec(callback_url: &str, timeout_seconds: u64) -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds,
         email: None,
+        concurrency_key: None,
+        cancel_in_progress: false,
     }
 }
 

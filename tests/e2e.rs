@@ -554,3 +554,98 @@ fn the_readme_command_runs_the_hello_example_offline() {
         "{callback}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_limit_queues_tasks_in_order_and_never_drops_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tasks(&tmp.path().join("tasks"));
+    let track = tmp.path().join("track.log");
+    let receiver = Receiver::start(vec![]).await;
+    let server = Server::start(
+        &tmp.path().join("data"),
+        &tmp.path().join("tasks"),
+        &[("TASKRUNNER_MAX_CONCURRENT_WORKERS", "2")],
+    );
+    let ids = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    for (index, id) in ids.iter().enumerate() {
+        let mut body = request(id, "track.sh", &receiver);
+        body["worker_config"]["env_variables"]["TRACK_FILE"] = json!(track);
+        if index % 2 == 0 {
+            body["concurrency_key"] = json!("app-a");
+        }
+        let (status, answer) = server.submit(&body).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    eventually(WAIT, "c6 to wait in line", async || {
+        (server.status("c6").await["status"] == "queued").then_some(())
+    })
+    .await;
+
+    for id in ids {
+        let callback = callbacks_for(&receiver, id, 1).await.remove(0).json();
+        assert_eq!(callback["success"], true, "{callback}");
+    }
+    let log = std::fs::read_to_string(&track).unwrap();
+    let mut events: Vec<(u128, bool, String)> = log
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let kind = parts.next()?;
+            let id = parts.next()?.to_owned();
+            let at = parts.next()?.parse().ok()?;
+            Some((at, kind == "start", id))
+        })
+        .collect();
+    events.sort();
+    assert_eq!(events.len(), 12, "{log}");
+    let (mut running, mut most) = (0i32, 0i32);
+    for (_, start, _) in &events {
+        running += if *start { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert!(most <= 2, "at most 2 tasks ran at once, saw {most}: {log}");
+    let position = |kind: bool, id: &str| {
+        events
+            .iter()
+            .position(|(_, start, name)| *start == kind && name == id)
+            .unwrap()
+    };
+    assert!(
+        position(false, "c1") < position(true, "c3"),
+        "app-a runs one at a time, in order: {log}"
+    );
+    assert!(
+        position(false, "c3") < position(true, "c5"),
+        "app-a runs one at a time, in order: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_wins_cancels_the_running_task_with_the_same_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tasks(&tmp.path().join("tasks"));
+    let receiver = Receiver::start(vec![]).await;
+    let server = Server::start(&tmp.path().join("data"), &tmp.path().join("tasks"), &[]);
+    let mut old = request("deploy-old", "sleep.sh", &receiver);
+    old["concurrency_key"] = json!("deploy:app");
+    assert_eq!(server.submit(&old).await.0, 202);
+    eventually(WAIT, "the old deploy to run", async || {
+        (server.status("deploy-old").await["status"] == "running").then_some(())
+    })
+    .await;
+    let mut new = request("deploy-new", "ok.sh", &receiver);
+    new["concurrency_key"] = json!("deploy:app");
+    new["cancel_in_progress"] = json!(true);
+    assert_eq!(server.submit(&new).await.0, 202);
+
+    let old = callbacks_for(&receiver, "deploy-old", 1)
+        .await
+        .remove(0)
+        .json();
+    assert_eq!(old["status"], "cancelled", "{old}");
+    let new = callbacks_for(&receiver, "deploy-new", 1)
+        .await
+        .remove(0)
+        .json();
+    assert_eq!(new["status"], "succeeded", "{new}");
+}

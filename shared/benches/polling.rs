@@ -105,6 +105,8 @@ fn spec() -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds: 40 * 3600,
         email: None,
+        concurrency_key: None,
+        cancel_in_progress: false,
     }
 }
 
@@ -134,6 +136,7 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
         worker,
         clock: clock.clone(),
         callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
+        gate: None,
     });
     let engine = Engine::open(
         &dir.path().join("engine.db"),

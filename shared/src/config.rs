@@ -176,6 +176,10 @@ pub struct Config {
     pub cleanup_interval_seconds: u64,
     /// Request body limit, bytes.
     pub max_body_bytes: usize,
+    /// Most tasks running at once, deployment-wide; more wait in line (`queued`). None: no limit.
+    pub max_running_tasks: Option<usize>,
+    /// Most tasks running at once per `concurrency_key`.
+    pub per_key_limit: usize,
     /// Adaptive polling.
     pub poll: PollConfig,
     /// Callback delivery.
@@ -197,6 +201,8 @@ impl Default for Config {
             retention_days: 30,
             cleanup_interval_seconds: 300,
             max_body_bytes: 1024 * 1024,
+            max_running_tasks: None,
+            per_key_limit: 1,
             poll: PollConfig::default(),
             callback: CallbackConfig::default(),
         }
@@ -272,6 +278,10 @@ impl Config {
         if let Some(v) = get("TASKRUNNER_CLEANUP_INTERVAL_SECONDS") {
             self.cleanup_interval_seconds = number("TASKRUNNER_CLEANUP_INTERVAL_SECONDS", v)?;
         }
+        if let Some(v) = get("TASKRUNNER_MAX_CONCURRENT_WORKERS") {
+            let limit: usize = number("TASKRUNNER_MAX_CONCURRENT_WORKERS", v)?;
+            self.max_running_tasks = (limit > 0).then_some(limit);
+        }
         if let Some(v) = get("TASKRUNNER_POLL_MIN_SECONDS") {
             self.poll.min_seconds = number("TASKRUNNER_POLL_MIN_SECONDS", v)?;
         }
@@ -307,6 +317,9 @@ impl Config {
                 self.default_worker_size,
                 self.worker_sizes.names().join(", ")
             ));
+        }
+        if self.per_key_limit == 0 || self.max_running_tasks == Some(0) {
+            return Err("per_key_limit and max_running_tasks must be at least 1".into());
         }
         if self.poll.min_seconds == 0 || self.poll.min_seconds > self.poll.max_seconds {
             return Err(format!(

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use crate::adapters::local::gate::LocalGate;
 use crate::adapters::local::secrets::LocalSecretStore;
 use crate::adapters::local::worker::{LocalWorker, LocalWorkerConfig};
 use crate::auth::ApiKeys;
@@ -128,6 +129,14 @@ impl Embedded {
             worker: worker.clone(),
             clock: Arc::clone(&clock),
             callbacks: Arc::new(CallbackSender::new(policy.clone())?),
+            gate: Some(Arc::new(
+                LocalGate::open(
+                    &data_dir.join("line.db"),
+                    config.max_running_tasks,
+                    config.per_key_limit,
+                )
+                .map_err(|err| err.to_string())?,
+            )),
         });
         let engine = Engine::open(
             &data_dir.join("engine.db"),
@@ -145,6 +154,7 @@ impl Embedded {
             worker: worker.clone(),
             orchestrator: engine.clone(),
             allow_local_repositories: true,
+            concurrency_keys: true,
             base_dir,
             check_callback_url: Arc::new(move |url: &str| {
                 check_callback_url(url, &policy).map(|_| ())

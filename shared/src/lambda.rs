@@ -98,6 +98,7 @@ impl AwsStack {
             worker: Arc::clone(&worker),
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
+            gate: None,
         });
         Ok(Self {
             config,
@@ -166,6 +167,7 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
         worker: Arc::clone(&stack.worker),
         orchestrator: stack.orchestrator()?,
         allow_local_repositories: false,
+        concurrency_keys: false,
         base_dir: std::path::PathBuf::from("/"),
         check_callback_url: Arc::new(move |url: &str| check_callback_url(url, &policy).map(|_| ())),
         wake: Arc::new(|_: &str| {}),

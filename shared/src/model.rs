@@ -35,6 +35,13 @@ pub struct TaskRunnerRequest {
     /// End the task as `timed_out` after this many seconds (default 6 hours).
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Tasks with the same key run one at a time, in submit order (e.g. one deploy per
+    /// repository); the others wait with status `queued`.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    /// With `concurrency_key`: cancel the running tasks with that key ("latest wins").
+    #[serde(default)]
+    pub cancel_in_progress: Option<bool>,
 }
 
 /// The original `WorkerConfig`. Fields we cannot honour are refused with 422 when set.

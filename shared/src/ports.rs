@@ -282,3 +282,30 @@ pub trait Clock: Send + Sync {
     /// Waits `duration` (a manual clock advances instead).
     async fn sleep(&self, duration: Duration);
 }
+
+/// Whether a task may start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Its turn has come and there is room: start it.
+    Admitted,
+    /// It waits in line behind `ahead` others.
+    Queued {
+        /// Tasks in line before it.
+        ahead: usize,
+    },
+}
+
+/// The line of tasks waiting to run: a deployment-wide limit of running tasks and a limit
+/// per `concurrency_key`, first come first served.
+#[async_trait]
+pub trait ConcurrencyGate: Send + Sync {
+    /// Puts the task in line (once; asking again keeps its place) and admits it when its turn
+    /// has come and the limits leave room.
+    async fn admit(&self, task_id: &str, key: Option<&str>) -> Result<Admission, PortError>;
+    /// Takes the task out (running or waiting); idempotent.
+    async fn release(&self, task_id: &str) -> Result<(), PortError>;
+    /// The running tasks holding `key`.
+    async fn running_with_key(&self, key: &str) -> Result<Vec<String>, PortError>;
+    /// Every task in line or running, for the cleanup sweep.
+    async fn holders(&self) -> Result<Vec<String>, PortError>;
+}

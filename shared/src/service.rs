@@ -76,6 +76,8 @@ pub struct TaskService {
     pub orchestrator: Arc<dyn Orchestrator>,
     /// Whether local paths and `file://` repositories are accepted (embedded mode).
     pub allow_local_repositories: bool,
+    /// Whether requests may carry a `concurrency_key` (the deployment has a task line).
+    pub concurrency_keys: bool,
     /// Directory relative repository paths are resolved against.
     pub base_dir: PathBuf,
     /// Checks a callback URL at submit time.
@@ -106,6 +108,7 @@ impl TaskService {
                 allow_local_repositories: self.allow_local_repositories,
                 base_dir: &self.base_dir,
                 check_callback_url: &*self.check_callback_url,
+                concurrency_keys: self.concurrency_keys,
             };
             parse_request(body, &rules).map_err(|err| ApiError::new(err.status, err.message))?
         };
@@ -167,6 +170,7 @@ impl TaskService {
             if let Ok(id) = TaskId::parse(task_id) {
                 if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
                     status.status = match live.task {
+                        TaskPhase::Pending if status.status == "queued" => "queued",
                         TaskPhase::Pending => "starting",
                         TaskPhase::Preparing => "preparing",
                         TaskPhase::Running { started_at } => {

@@ -33,7 +33,7 @@ pub struct TaskStatus {
     pub task_id: String,
     /// The task file.
     pub task_name: String,
-    /// `starting`, `preparing`, `running`, `finishing`, then `succeeded`, `failed`,
+    /// `queued`, `starting`, `preparing`, `running`, `finishing`, then `succeeded`, `failed`,
     /// `timed_out`, `cancelled` or `error`.
     pub status: String,
     /// Whether the task is over (its callback may still be on its way).
@@ -112,6 +112,7 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
                 .and_then(Value::as_str);
             status.status = match (execution.current_state.as_deref(), phase) {
                 (Some("FinishAndCallback"), _) | (_, Some("ended")) => "finishing",
+                (_, Some("queued")) => "queued",
                 (_, Some("preparing")) => "preparing",
                 (_, Some("running")) => "running",
                 _ => "starting",

@@ -204,6 +204,12 @@ pub struct TaskSpec {
     pub timeout_seconds: u64,
     /// Owner e-mail given by the client, handed to the task as `TASKRUNNER_OWNER_EMAIL`.
     pub email: Option<String>,
+    /// Tasks with the same key run one at a time (per-key limit), in submit order.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    /// "Latest wins": cancel the running tasks with the same key when this one is submitted.
+    #[serde(default)]
+    pub cancel_in_progress: bool,
 }
 
 /// Name of the secret-store entry holding a task's callback bearer token.

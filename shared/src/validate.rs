@@ -54,6 +54,8 @@ pub struct Rules<'a> {
     pub base_dir: &'a Path,
     /// Checks a callback URL (scheme, address classes); returns why it is refused.
     pub check_callback_url: &'a dyn Fn(&str) -> Result<(), String>,
+    /// Whether `concurrency_key` can be honoured (the deployment has a task queue).
+    pub concurrency_keys: bool,
 }
 
 /// A validated request: the spec, the callback token to store, and the request's digest.
@@ -319,6 +321,36 @@ fn validate(request: TaskRunnerRequest, rules: &Rules<'_>) -> Result<Accepted, R
         ));
     }
 
+    let concurrency_key = request
+        .concurrency_key
+        .map(|key| key.trim().to_owned())
+        .filter(|key| !key.is_empty());
+    if let Some(key) = &concurrency_key {
+        if !rules.concurrency_keys {
+            return Err(RequestError::field(
+                "concurrency_key",
+                "this deployment has no task queue (on AWS the limit is the CodeBuild project's concurrent build limit); remove concurrency_key",
+            ));
+        }
+        if key.len() > 128
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./:@".contains(c))
+        {
+            return Err(RequestError::field(
+                "concurrency_key",
+                format!("{key:?}: use 1 to 128 letters, digits and _-./:@"),
+            ));
+        }
+    }
+    let cancel_in_progress = request.cancel_in_progress.unwrap_or(false);
+    if cancel_in_progress && concurrency_key.is_none() {
+        return Err(RequestError::field(
+            "cancel_in_progress",
+            "needs a concurrency_key naming the tasks it may cancel",
+        ));
+    }
+
     let spec = TaskSpec {
         task_id,
         task_file,
@@ -337,6 +369,8 @@ fn validate(request: TaskRunnerRequest, rules: &Rules<'_>) -> Result<Accepted, R
         terminate_on_completion: request.terminate_on_completion.unwrap_or(true),
         timeout_seconds,
         email: worker_config.email.filter(|email| !email.is_empty()),
+        concurrency_key,
+        cancel_in_progress,
     };
     Ok(Accepted {
         spec,

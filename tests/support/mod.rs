@@ -80,6 +80,10 @@ pub fn write_tasks(dir: &Path) {
             "sleep 300 &\necho \"child $!\"\necho \"group $(ps -o pgid= $$ | tr -d ' ')\"\nwait\n",
         ),
         (
+            "track.sh",
+            "echo \"start $TASKRUNNER_TASK_ID $(date +%s%N)\" >> \"$TRACK_FILE\"\nsleep 1\necho \"end $TASKRUNNER_TASK_ID $(date +%s%N)\" >> \"$TRACK_FILE\"\n",
+        ),
+        (
             "leak.py",
             "import os\nprint('token is', os.environ.get('MY_TOKEN'))\nprint('env has git token:', any('canary' in v for k, v in os.environ.items() if k != 'MY_TOKEN'))\n",
         ),

@@ -14,6 +14,9 @@ pub struct CleanupReport {
     pub workers_terminated: Vec<String>,
     /// Per-task callback tokens deleted because their execution had ended.
     pub callback_tokens_deleted: Vec<String>,
+    /// Places in the task line held by executions that ended (a crash mid-finish).
+    #[serde(default)]
+    pub places_released: Vec<String>,
     /// Finished executions deleted past the retention period.
     pub executions_purged: u64,
 }
@@ -62,6 +65,20 @@ pub async fn cleanup(
         };
         if ended && steps.secrets.delete(&entry.name).await.map_err(port)? {
             report.callback_tokens_deleted.push(task_id.to_owned());
+        }
+    }
+
+    if let Some(gate) = &steps.gate {
+        for task_id in gate.holders().await.map_err(port)? {
+            let running = orchestrator
+                .describe(&task_id)
+                .await
+                .map_err(port)?
+                .is_some_and(|execution| execution.status == ExecutionStatus::Running);
+            if !running {
+                gate.release(&task_id).await.map_err(port)?;
+                report.places_released.push(task_id);
+            }
         }
     }
 

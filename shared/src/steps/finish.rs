@@ -121,6 +121,13 @@ pub async fn finish_and_callback(
             .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
     }
 
+    // Free the task's place in line before calling back, so the next task starts now.
+    if let Some(gate) = &steps.gate {
+        gate.release(task.task_id.as_str())
+            .await
+            .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
+    }
+
     let tail = if worker_started {
         steps
             .worker

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::callback::CallbackSender;
 use crate::config::Config;
-use crate::ports::{Clock, PortError, SecretStore, TaskEnd, WorkerBackend, WorkerHandle};
+use crate::ports::{
+    Clock, ConcurrencyGate, PortError, SecretStore, TaskEnd, WorkerBackend, WorkerHandle,
+};
 use crate::task::TaskSpec;
 
 pub use cleanup::{CleanupReport, cleanup};
@@ -82,6 +84,8 @@ pub struct Steps {
     pub clock: Arc<dyn Clock>,
     /// Callback delivery.
     pub callbacks: Arc<CallbackSender>,
+    /// The line of tasks waiting to run, when the deployment limits running tasks.
+    pub gate: Option<Arc<dyn ConcurrencyGate>>,
 }
 
 /// The execution input: the validated task.
@@ -98,7 +102,7 @@ pub struct RunState {
     pub worker: WorkerHandle,
     /// When the worker was started; timeouts and the adaptive wait count from here.
     pub submitted_at: DateTime<Utc>,
-    /// `pending`, `preparing`, `running` or `ended`.
+    /// `queued`, `pending`, `preparing`, `running` or `ended`.
     pub phase: String,
     /// Whether the task is over.
     pub done: bool,

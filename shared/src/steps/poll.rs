@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use crate::ports::{Outcome, TaskEnd, TaskPhase, TerminateReason};
+use crate::ports::{Admission, Outcome, TaskEnd, TaskPhase, TerminateReason};
+use crate::task::TaskSpec;
 
+use super::submit::{admit, start};
 use super::{PollInput, RunState, StepError, Steps, errors, phase_name};
 
 /// Reads the worker's state. When the task is over, `done` is true and `ended` says how;
@@ -11,6 +13,9 @@ use super::{PollInput, RunState, StepError, Steps, errors, phase_name};
 /// and never past the task's deadline.
 pub async fn poll_worker(steps: &Steps, input: PollInput) -> Result<RunState, StepError> {
     let PollInput { task, run } = input;
+    if run.phase == "queued" {
+        return poll_queued(steps, &task, run).await;
+    }
     let status = steps
         .worker
         .status(&run.worker)
@@ -69,4 +74,36 @@ pub async fn poll_worker(steps: &Steps, input: PollInput) -> Result<RunState, St
         ended: None,
         ..run
     })
+}
+
+/// A task waiting in line: cancelled while waiting, started when its turn has come, or
+/// still waiting (polled at the shortest wait: a place in line does not age).
+async fn poll_queued(steps: &Steps, task: &TaskSpec, run: RunState) -> Result<RunState, StepError> {
+    let polls = run.polls.saturating_add(1);
+    let status = steps
+        .worker
+        .status(&run.worker)
+        .await
+        .map_err(|err| StepError::from_port(err, errors::POLL_FAILED))?;
+    if let TaskPhase::Ended(end) = status.task {
+        return Ok(RunState {
+            phase: "ended".into(),
+            done: true,
+            wait_seconds: 0,
+            polls,
+            ended: Some(end),
+            ..run
+        });
+    }
+    match admit(steps, task).await? {
+        Admission::Admitted => Ok(RunState {
+            polls,
+            ..start(steps, task).await?
+        }),
+        Admission::Queued { .. } => Ok(RunState {
+            wait_seconds: steps.config.poll.min_seconds,
+            polls,
+            ..run
+        }),
+    }
 }

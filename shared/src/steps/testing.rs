@@ -93,6 +93,7 @@ pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
         worker,
         clock: clock.clone(),
         callbacks: Arc::new(CallbackSender::new(policy).unwrap()),
+        gate: None,
     };
     (steps, clock)
 }
@@ -119,5 +120,7 @@ pub fn spec(task_id: &str) -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds: 3600,
         email: None,
+        concurrency_key: None,
+        cancel_in_progress: false,
     }
 }

@@ -16,6 +16,7 @@ fn check(body: &[u8]) -> Result<Accepted, RequestError> {
         allow_local_repositories: true,
         base_dir: &base,
         check_callback_url: &accept_all,
+        concurrency_keys: true,
     };
     parse_request(body, &rules)
 }
@@ -265,4 +266,23 @@ fn local_paths_become_file_urls() {
     .unwrap();
     assert_eq!(accepted.spec.git[0].remote_url, "file:///tmp");
     assert_eq!(accepted.spec.git[0].local_path, "tmp");
+}
+
+#[test]
+fn concurrency_keys_are_checked() {
+    let mut body = minimal();
+    body["concurrency_key"] = json!("repo:org/app");
+    body["cancel_in_progress"] = json!(true);
+    let accepted = check(body.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        accepted.spec.concurrency_key.as_deref(),
+        Some("repo:org/app")
+    );
+    assert!(accepted.spec.cancel_in_progress);
+    let mut lone = minimal();
+    lone["cancel_in_progress"] = json!(true);
+    assert!(refused(lone).message.contains("cancel_in_progress"));
+    let mut bad = minimal();
+    bad["concurrency_key"] = json!("a b");
+    assert!(refused(bad).message.contains("concurrency_key"));
 }

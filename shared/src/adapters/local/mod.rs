@@ -1,5 +1,6 @@
 //! The embedded (one machine) adapters: SQLite secret store, local process workers.
 
+pub mod gate;
 pub mod git;
 pub mod layout;
 pub mod limits;

@@ -149,6 +149,8 @@ fn spec(task_id: &str, task_file: &str) -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds: 60,
         email: None,
+        concurrency_key: None,
+        cancel_in_progress: false,
     }
 }
 

@@ -1,0 +1,256 @@
+//! `LocalGate`: the task line in SQLite, so places survive a restart.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::secrets::open_db;
+use crate::ports::{Admission, ConcurrencyGate, PortError};
+
+/// The embedded mode's [`ConcurrencyGate`].
+pub struct LocalGate {
+    db: Mutex<Connection>,
+    max_running: Option<usize>,
+    per_key: usize,
+}
+
+struct Entry {
+    task_id: String,
+    key: Option<String>,
+    running: bool,
+}
+
+impl LocalGate {
+    /// Opens `path`, with at most `max_running` tasks running (None: no limit) and at most
+    /// `per_key` per concurrency key.
+    pub fn open(
+        path: &Path,
+        max_running: Option<usize>,
+        per_key: usize,
+    ) -> Result<Self, PortError> {
+        let db = open_db(path)?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS line (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                task_id TEXT NOT NULL UNIQUE,
+                key TEXT,
+                running INTEGER NOT NULL DEFAULT 0
+            );",
+        )
+        .map_err(gate_error)?;
+        Ok(Self {
+            db: Mutex::new(db),
+            max_running,
+            per_key: per_key.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Decides, over the whole line in order, whether `task_id` may run now.
+    fn decide(&self, line: &[Entry], task_id: &str) -> Admission {
+        let running = |key: Option<&str>| {
+            line.iter()
+                .filter(|entry| entry.running && (key.is_none() || entry.key.as_deref() == key))
+                .count()
+        };
+        let mut total = running(None);
+        let mut per_key: std::collections::HashMap<Option<&str>, usize> = Default::default();
+        let mut ahead = 0;
+        for entry in line.iter().filter(|entry| !entry.running) {
+            let key = entry.key.as_deref();
+            let key_running = *per_key
+                .entry(key)
+                .or_insert_with(|| key.map_or(0, |k| running(Some(k))));
+            let room = self.max_running.is_none_or(|max| total < max)
+                && (key.is_none() || key_running < self.per_key);
+            if entry.task_id == task_id {
+                return if room {
+                    Admission::Admitted
+                } else {
+                    Admission::Queued { ahead }
+                };
+            }
+            if room {
+                // An earlier task would be admitted first: it takes the room it needs.
+                total += 1;
+                if key.is_some() {
+                    *per_key.entry(key).or_default() += 1;
+                }
+            }
+            ahead += 1;
+        }
+        Admission::Queued { ahead }
+    }
+}
+
+fn gate_error(err: rusqlite::Error) -> PortError {
+    PortError::Transient(format!("task line: {err}"))
+}
+
+#[async_trait]
+impl ConcurrencyGate for LocalGate {
+    async fn admit(&self, task_id: &str, key: Option<&str>) -> Result<Admission, PortError> {
+        let mut db = self.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(gate_error)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO line (task_id, key) VALUES (?1, ?2)",
+            params![task_id, key],
+        )
+        .map_err(gate_error)?;
+        let already: Option<bool> = tx
+            .query_row(
+                "SELECT running FROM line WHERE task_id = ?1",
+                params![task_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(gate_error)?;
+        if already == Some(true) {
+            return Ok(Admission::Admitted);
+        }
+        let line: Vec<Entry> = {
+            let mut statement = tx
+                .prepare("SELECT task_id, key, running FROM line ORDER BY seq")
+                .map_err(gate_error)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok(Entry {
+                        task_id: row.get(0)?,
+                        key: row.get(1)?,
+                        running: row.get(2)?,
+                    })
+                })
+                .map_err(gate_error)?;
+            rows.collect::<Result<_, _>>().map_err(gate_error)?
+        };
+        let admission = self.decide(&line, task_id);
+        if admission == Admission::Admitted {
+            tx.execute(
+                "UPDATE line SET running = 1 WHERE task_id = ?1",
+                params![task_id],
+            )
+            .map_err(gate_error)?;
+        }
+        tx.commit().map_err(gate_error)?;
+        Ok(admission)
+    }
+
+    async fn release(&self, task_id: &str) -> Result<(), PortError> {
+        self.lock()
+            .execute("DELETE FROM line WHERE task_id = ?1", params![task_id])
+            .map_err(gate_error)?;
+        Ok(())
+    }
+
+    async fn running_with_key(&self, key: &str) -> Result<Vec<String>, PortError> {
+        let db = self.lock();
+        let mut statement = db
+            .prepare("SELECT task_id FROM line WHERE key = ?1 AND running = 1 ORDER BY seq")
+            .map_err(gate_error)?;
+        let rows = statement
+            .query_map(params![key], |row| row.get(0))
+            .map_err(gate_error)?;
+        rows.collect::<Result<_, _>>().map_err(gate_error)
+    }
+
+    async fn holders(&self) -> Result<Vec<String>, PortError> {
+        let db = self.lock();
+        let mut statement = db
+            .prepare("SELECT task_id FROM line ORDER BY seq")
+            .map_err(gate_error)?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(gate_error)?;
+        rows.collect::<Result<_, _>>().map_err(gate_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(dir: &Path, max: Option<usize>) -> LocalGate {
+        LocalGate::open(&dir.join("gate.db"), max, 1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_deployment_limit_admits_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = gate(dir.path(), Some(2));
+        assert_eq!(gate.admit("a", None).await.unwrap(), Admission::Admitted);
+        assert_eq!(gate.admit("b", None).await.unwrap(), Admission::Admitted);
+        assert_eq!(
+            gate.admit("c", None).await.unwrap(),
+            Admission::Queued { ahead: 0 }
+        );
+        assert_eq!(
+            gate.admit("d", None).await.unwrap(),
+            Admission::Queued { ahead: 1 }
+        );
+        assert_eq!(
+            gate.admit("d", None).await.unwrap(),
+            Admission::Queued { ahead: 1 },
+            "asking again keeps the place"
+        );
+        gate.release("a").await.unwrap();
+        assert_eq!(
+            gate.admit("d", None).await.unwrap(),
+            Admission::Queued { ahead: 1 },
+            "c is first in line"
+        );
+        assert_eq!(gate.admit("c", None).await.unwrap(), Admission::Admitted);
+        assert_eq!(
+            gate.admit("c", None).await.unwrap(),
+            Admission::Admitted,
+            "admitted stays admitted"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_per_key_and_other_keys_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = gate(dir.path(), None);
+        assert_eq!(
+            gate.admit("a1", Some("app-a")).await.unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            gate.admit("a2", Some("app-a")).await.unwrap(),
+            Admission::Queued { ahead: 0 }
+        );
+        assert_eq!(
+            gate.admit("b1", Some("app-b")).await.unwrap(),
+            Admission::Admitted,
+            "another key is not held up"
+        );
+        assert_eq!(gate.admit("free", None).await.unwrap(), Admission::Admitted);
+        assert_eq!(gate.running_with_key("app-a").await.unwrap(), vec!["a1"]);
+        gate.release("a1").await.unwrap();
+        assert_eq!(
+            gate.admit("a2", Some("app-a")).await.unwrap(),
+            Admission::Admitted
+        );
+    }
+
+    #[tokio::test]
+    async fn places_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        gate(dir.path(), Some(1)).admit("a", None).await.unwrap();
+        gate(dir.path(), Some(1)).admit("b", None).await.unwrap();
+        let reopened = gate(dir.path(), Some(1));
+        assert_eq!(
+            reopened.admit("b", None).await.unwrap(),
+            Admission::Queued { ahead: 0 }
+        );
+        assert_eq!(reopened.holders().await.unwrap(), vec!["a", "b"]);
+    }
+}
