@@ -111,12 +111,9 @@ impl Embedded {
         };
         let mut worker = LocalWorker::new(
             LocalWorkerConfig {
-                data_dir: data_dir.clone(),
                 tasks_dir: config.tasks_dir.clone(),
-                supervisor_program,
-                supervisor_args: vec!["worker-supervise".into()],
                 keep_workspace_for: Duration::from_secs(config.keep_workspace_seconds),
-                python: "python3".into(),
+                ..LocalWorkerConfig::new(&data_dir, supervisor_program)
             },
             Arc::clone(&secrets),
         );
