@@ -393,6 +393,31 @@ async fn a_refusing_receiver_gets_the_callback_again_with_the_same_webhook_id() 
         Duration::from_secs(300),
     )
     .expect("the signature verifies");
+    let body_file = tmp.path().join("body.json");
+    let verify = |body: &[u8]| {
+        std::fs::write(&body_file, body).unwrap();
+        std::process::Command::new(taskrunner_bin())
+            .arg("verify-callback")
+            .arg(&body_file)
+            .args(["--id", &last.header("webhook-id").unwrap()])
+            .args(["--timestamp", &last.header("webhook-timestamp").unwrap()])
+            .args(["--signature", &last.header("webhook-signature").unwrap()])
+            .env(
+                "TASKRUNNER_CALLBACK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
+            .output()
+            .unwrap()
+    };
+    assert!(
+        verify(&last.body).status.success(),
+        "verify-callback accepts what was sent"
+    );
+    let mut flipped = last.body.to_vec();
+    flipped[1] ^= 1;
+    let refused = verify(&flipped);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid"));
     let status = eventually(WAIT, "delivery recorded", async || {
         let status = server.status("retried").await;
         (status["callback"]["delivered"] == true).then_some(status)
@@ -648,4 +673,52 @@ async fn latest_wins_cancels_the_running_task_with_the_same_key() {
         .remove(0)
         .json();
     assert_eq!(new["status"], "succeeded", "{new}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_to_internal_addresses_are_refused_and_the_status_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tasks(&tmp.path().join("tasks"));
+    let receiver = Receiver::start(vec![]).await;
+    let server = Server::start(
+        &tmp.path().join("data"),
+        &tmp.path().join("tasks"),
+        &[("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", "false")],
+    );
+    let mut literal = request("to-metadata", "ok.sh", &receiver);
+    literal["callback_url"] = json!("http://169.254.169.254/latest/meta-data");
+    let (status, answer) = server.submit(&literal).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("callback_url"),
+        "{answer}"
+    );
+
+    // A name is checked when the callback is sent: localhost resolves to loopback.
+    let port = receiver.url.rsplit(':').next().unwrap().to_owned();
+    let mut named = request("to-localhost", "ok.sh", &receiver);
+    named["callback_url"] = json!(format!("http://localhost:{port}"));
+    let (status, _) = server.submit(&named).await;
+    assert_eq!(status, 202);
+    let status = eventually(WAIT, "the refused delivery", async || {
+        let status = server.status("to-localhost").await;
+        status["callback"]["error"].is_string().then_some(status)
+    })
+    .await;
+    assert_eq!(
+        status["status"], "succeeded",
+        "the task itself ran: {status}"
+    );
+    assert_eq!(status["callback"]["delivered"], false);
+    assert!(
+        status["callback"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("loopback"),
+        "{status}"
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
 }

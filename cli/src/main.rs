@@ -6,6 +6,7 @@ mod logging;
 mod run;
 mod serve;
 mod settings;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,24 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand, name = "api-key")]
     ApiKey(admin::ApiKeyCommand),
+    /// Check a received callback's signature (Standard Webhooks), with the secret in
+    /// `TASKRUNNER_CALLBACK_SECRET`; exits 0 when valid.
+    VerifyCallback {
+        /// The raw body as received (a file, or `-` for stdin).
+        body: PathBuf,
+        /// The `webhook-id` header.
+        #[arg(long)]
+        id: String,
+        /// The `webhook-timestamp` header.
+        #[arg(long)]
+        timestamp: String,
+        /// The `webhook-signature` header.
+        #[arg(long)]
+        signature: String,
+        /// Seconds the timestamp may be away from now.
+        #[arg(long, default_value_t = 300)]
+        tolerance: u64,
+    },
     /// Run the cleanup sweep once.
     Cleanup {
         #[command(flatten)]
@@ -161,6 +180,13 @@ fn main() -> ExitCode {
             Command::Secret(command) => admin::secret(command).await,
             Command::ApiKey(command) => admin::api_key(command).await,
             Command::Cleanup { embedded } => serve::cleanup_once(&embedded).await,
+            Command::VerifyCallback {
+                body,
+                id,
+                timestamp,
+                signature,
+                tolerance,
+            } => verify::verify_callback(&body, &id, &timestamp, &signature, tolerance),
             Command::WorkerSupervise { .. } => Ok(ExitCode::SUCCESS),
         }
     });
