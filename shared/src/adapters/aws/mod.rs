@@ -1,0 +1,3 @@
+//! AWS adapters.
+
+pub mod codebuild;
