@@ -436,6 +436,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_webhook_config_loads() {
+        let config: Config = toml::from_str(include_str!("../../examples/webhooks.toml")).unwrap();
+        assert!(config.check().is_ok());
+        assert_eq!(config.webhooks.rules.len(), 2);
+        assert_eq!(config.webhooks.rules[1].paths.len(), 2);
+    }
+
+    #[test]
     fn toml_file_sets_sizes_and_limits() {
         let config: Config = toml::from_str(
             "default_worker_size = \"Tiny\"\n[worker_sizes.Tiny]\ncpus = 1\nmemory_mib = 256\ncodebuild_compute_type = \"BUILD_GENERAL1_SMALL\"\n",
