@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use serde_json::json;
 use support::git_server::{GitServer, create_repository};
 use support::receiver::Receiver;
 use support::server::Server;
-use support::{eventually, sh, taskrunner_bin};
+use support::{eventually, set_secret, sh};
 use taskrunner::secret::Secret;
 use taskrunner::webhooks::Provider;
 use taskrunner::webhooks::verify::signature_header;
@@ -20,29 +19,6 @@ use taskrunner::webhooks::verify::signature_header;
 const WAIT: Duration = Duration::from_secs(60);
 const HOOK_SECRET: &str = "hook-secret-e2e-5678";
 const GIT_TOKEN: &str = "git-token-e2e-1234";
-
-fn set_secret(data_dir: &Path, name: &str, value: &str) {
-    let mut child = std::process::Command::new(taskrunner_bin())
-        .args(["secret", "set", name, "--data-dir"])
-        .arg(data_dir)
-        .env_remove("TASKRUNNER_MASTER_KEY")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 fn commit(work: &Path, file: &str, text: &str) -> String {
     std::fs::write(work.join(file), text).unwrap();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
+use super::tests::send;
 use super::{AppState, router};
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -147,25 +147,14 @@ async fn deliver(
 ) -> (StatusCode, Value) {
     let mut request = Request::builder()
         .method("POST")
-        .uri(format!("/webhooks/{provider}"))
-        .header("content-type", "application/json");
+        .uri(format!("/webhooks/{provider}"));
+    if !headers.iter().any(|(name, _)| *name == "content-type") {
+        request = request.header("content-type", "application/json");
+    }
     for (name, value) in headers {
         request = request.header(*name, value);
     }
-    let response = harness
-        .router
-        .clone()
-        .oneshot(request.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    send(&harness.router, request.body(Body::from(body)).unwrap()).await
 }
 
 async fn get(harness: &Harness, path: &str) -> (StatusCode, Value) {
@@ -174,15 +163,7 @@ async fn get(harness: &Harness, path: &str) -> (StatusCode, Value) {
         .header("authorization", format!("Bearer {KEY}"))
         .body(Body::empty())
         .unwrap();
-    let response = harness.router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    send(&harness.router, request).await
 }
 
 async fn task_count(harness: &Harness) -> usize {
@@ -365,17 +346,9 @@ async fn github_ping_other_events_and_form_encoded_payloads() {
         "content-type",
         "application/x-www-form-urlencoded".to_owned(),
     ));
-    let mut request = Request::builder().method("POST").uri("/webhooks/github");
-    for (name, value) in &headers {
-        request = request.header(*name, value);
-    }
-    let response = harness
-        .router
-        .clone()
-        .oneshot(request.body(Body::from(form)).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let (status, answer) = deliver(&harness, Provider::Github, form, &headers).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["task_ids"], json!(["gh-form-1"]));
     let (_, view) = get(&harness, "/task-runner/gh-form-1").await;
     assert_eq!(view["repositories"][0]["commit"], SHA, "{view}");
 }

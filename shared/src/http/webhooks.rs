@@ -154,7 +154,9 @@ async fn receive(
         }
     }
     if matches.is_empty() {
-        let reason = if rules.is_empty() && skipped.is_empty() {
+        let reason = if pushes.is_empty() {
+            "the push lists no refs: nothing to run".to_owned()
+        } else if rules.is_empty() && skipped.is_empty() {
             "no webhook rules are configured; add [[webhooks.rules]] to the config file".to_owned()
         } else {
             format!("nothing to run: {}", skipped.join("; "))

@@ -94,7 +94,26 @@ impl Push {
     }
 }
 
+/// A header's value, trimmed; `None` when absent, empty or not text.
+pub(crate) fn header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
 /// Whether a commit id means "no commit" (all zeros: a created or deleted ref's other side).
 pub fn is_zero_commit(commit: &str) -> bool {
     !commit.is_empty() && commit.bytes().all(|b| b == b'0')
+}
+
+/// A header map from pairs, for the tests of the webhook modules.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&'static str, &str)]) -> axum::http::HeaderMap {
+    let mut map = axum::http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.insert(*name, value.parse().expect("a valid header value"));
+    }
+    map
 }

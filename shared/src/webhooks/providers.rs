@@ -6,7 +6,7 @@
 use axum::http::HeaderMap;
 use serde_json::Value;
 
-use super::{Provider, Push, is_zero_commit};
+use super::{Provider, Push, header, is_zero_commit};
 
 /// What a verified delivery asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,14 +17,6 @@ pub enum Event {
     Ignored(String),
     /// Pushed refs (Bitbucket may report several in one delivery).
     Push(Vec<Push>),
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
 }
 
 /// The delivery's id, as the provider sends it; the same on a redelivery.
@@ -219,13 +211,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, value.parse().unwrap());
-        }
-        map
-    }
+    use crate::webhooks::test_headers as headers;
 
     const SHA: &str = "1111111111111111111111111111111111111111";
 

@@ -12,7 +12,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::Provider;
+use super::{Provider, header};
 use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -23,10 +23,6 @@ fn mac(secret: &Secret, body: &[u8]) -> [u8; 32] {
         .expect("HMAC accepts keys of any length");
     mac.update(body);
     mac.finalize().into_bytes().into()
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|value| value.to_str().ok())
 }
 
 /// Checks a hex signature (after its `prefix`) against the body's HMAC.
@@ -122,13 +118,7 @@ pub fn signature_header(
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, value.parse().unwrap());
-        }
-        map
-    }
+    use crate::webhooks::test_headers as headers;
 
     /// GitHub's published example ("Validating webhook deliveries", docs.github.com).
     #[test]
