@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use support::git_server::{GitServer, create_repository};
 use support::receiver::Receiver;
 use support::server::Server;
-use support::{eventually, taskrunner_bin, write_tasks};
+use support::{eventually, set_secret, taskrunner_bin, write_tasks};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -41,30 +41,6 @@ async fn callbacks_for(
         },
     )
     .await
-}
-
-fn set_secret(data_dir: &Path, name: &str, value: &str) {
-    let mut child = std::process::Command::new(taskrunner_bin())
-        .args(["secret", "set", name, "--data-dir"])
-        .arg(data_dir)
-        .env_remove("TASKRUNNER_MASTER_KEY")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::task::WorkerResources;
+use crate::webhooks::Provider;
+use crate::webhooks::rules::WebhookRule;
 
 /// One worker size: local limits and the AWS compute type it maps to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -148,6 +150,49 @@ impl Default for CallbackConfig {
     }
 }
 
+/// Git-host webhooks: where their secrets are, and the rules that map pushes to tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Secret-store name of GitHub's webhook secret.
+    pub github_secret_name: String,
+    /// Secret-store name of GitLab's secret token.
+    pub gitlab_secret_name: String,
+    /// Secret-store name of Gitea's (or Forgejo's) webhook secret.
+    pub gitea_secret_name: String,
+    /// Secret-store name of Bitbucket's webhook secret.
+    pub bitbucket_secret_name: String,
+    /// Body limit of webhook deliveries, bytes (GitHub caps payloads at 25 MB).
+    pub max_body_bytes: usize,
+    /// The rules, tried in order; every matching rule starts its task.
+    pub rules: Vec<WebhookRule>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            github_secret_name: "webhook-github".into(),
+            gitlab_secret_name: "webhook-gitlab".into(),
+            gitea_secret_name: "webhook-gitea".into(),
+            bitbucket_secret_name: "webhook-bitbucket".into(),
+            max_body_bytes: 25 * 1024 * 1024,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The secret-store name of `provider`'s webhook secret.
+    pub fn secret_name(&self, provider: Provider) -> &str {
+        match provider {
+            Provider::Github => &self.github_secret_name,
+            Provider::Gitlab => &self.gitlab_secret_name,
+            Provider::Gitea => &self.gitea_secret_name,
+            Provider::Bitbucket => &self.bitbucket_secret_name,
+        }
+    }
+}
+
 /// Everything configurable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -184,6 +229,8 @@ pub struct Config {
     pub poll: PollConfig,
     /// Callback delivery.
     pub callback: CallbackConfig,
+    /// Git-host webhooks.
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -205,6 +252,7 @@ impl Default for Config {
             per_key_limit: 1,
             poll: PollConfig::default(),
             callback: CallbackConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -327,6 +375,10 @@ impl Config {
                 self.poll.min_seconds, self.poll.max_seconds
             ));
         }
+        for (index, rule) in self.webhooks.rules.iter().enumerate() {
+            rule.check()
+                .map_err(|why| format!("webhooks.rules[{index}]: {why}"))?;
+        }
         if self.default_timeout_seconds == 0
             || self.default_timeout_seconds > self.max_timeout_seconds
         {
@@ -373,6 +425,35 @@ mod tests {
             .apply_env(|name| (name == "TASKRUNNER_RETENTION_DAYS").then(|| "lots".into()))
             .unwrap_err();
         assert!(err.contains("TASKRUNNER_RETENTION_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn webhook_rules_load_from_toml_and_are_checked() {
+        let config: Config = toml::from_str(
+            "[webhooks]\ngithub_secret_name = \"gh-hook\"\n[[webhooks.rules]]\nprovider = \"forgejo\"\nrepository = \"acme/app\"\nref = \"refs/tags/v*\"\npaths = [\"src/**\"]\ntask_file_name = \"ci/release.sh\"\nconcurrency_key = \"release\"\n[webhooks.rules.worker_config]\nworker_size = \"Small\"\n",
+        )
+        .unwrap();
+        assert!(config.check().is_ok());
+        assert_eq!(config.webhooks.secret_name(Provider::Github), "gh-hook");
+        assert_eq!(
+            config.webhooks.secret_name(Provider::Gitlab),
+            "webhook-gitlab"
+        );
+        let rule = &config.webhooks.rules[0];
+        assert_eq!(rule.provider, Some(Provider::Gitea));
+        assert_eq!(rule.worker_config["worker_size"].as_str(), Some("Small"));
+        let mut bad = config.clone();
+        bad.webhooks.rules[0].task_file_name = "../x.py".into();
+        assert!(bad.check().unwrap_err().contains("webhooks.rules[0]"));
+        assert!(toml::from_str::<Config>("[[webhooks.rules]]\nrepository = \"a/b\"\nref = \"x\"\ntask_file_name = \"a.sh\"\nbranchez = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_example_webhook_config_loads() {
+        let config: Config = toml::from_str(include_str!("../../examples/webhooks.toml")).unwrap();
+        assert!(config.check().is_ok());
+        assert_eq!(config.webhooks.rules.len(), 2);
+        assert_eq!(config.webhooks.rules[1].paths.len(), 2);
     }
 
     #[test]

@@ -22,3 +22,4 @@ pub mod status;
 pub mod steps;
 pub mod task;
 pub mod validate;
+pub mod webhooks;

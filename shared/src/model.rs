@@ -134,6 +134,10 @@ pub struct GitConfig {
     /// Shallow clone depth.
     #[serde(default)]
     pub fetch_depth: Option<u32>,
+    /// Exact commit to check out after cloning (full 40- or 64-character hex id); the
+    /// branch tip when absent. Webhook-started tasks pin the pushed commit with it.
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 /// The answer to `POST /task-runner` (the original's `TaskRunnerResponse`, extended).

@@ -26,6 +26,17 @@ pub struct CallbackStatus {
     pub error: Option<String>,
 }
 
+/// A repository the task clones, as its status shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RepositoryStatus {
+    /// The remote URL.
+    pub remote_url: String,
+    /// The branch or tag, when one was given.
+    pub branch: Option<String>,
+    /// The exact commit checked out, when pinned (webhook pushes).
+    pub commit: Option<String>,
+}
+
 /// `GET /task-runner/{task_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskStatus {
@@ -58,6 +69,9 @@ pub struct TaskStatus {
     pub callback: Option<CallbackStatus>,
     /// State transitions so far.
     pub transitions: u64,
+    /// The repositories the task clones, in order.
+    #[serde(default)]
+    pub repositories: Vec<RepositoryStatus>,
 }
 
 /// Builds the user's view of an execution.
@@ -88,6 +102,11 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
         reason: None,
         callback: None,
         transitions: execution.transitions,
+        repositories: task
+            .get("git")
+            .cloned()
+            .and_then(|git| serde_json::from_value(git).ok())
+            .unwrap_or_default(),
     };
     let has_callback = task.get("callback_url").is_some_and(|url| !url.is_null());
     let webhook_id = format!("msg_{}", execution.name);

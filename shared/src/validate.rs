@@ -608,6 +608,21 @@ fn git_source(field: &str, raw: GitConfig, rules: &Rules<'_>) -> Result<GitSourc
         }
         sparse_checkout_folders.push(folder);
     }
+    let commit = raw
+        .commit
+        .map(|commit| commit.trim().to_ascii_lowercase())
+        .filter(|commit| !commit.is_empty());
+    if let Some(commit) = &commit {
+        let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
+        if !(hex && (commit.len() == 40 || commit.len() == 64)) {
+            return Err(RequestError::field(
+                &format!("{field}.commit"),
+                format!(
+                    "{commit:?} is not a full commit id; give the 40-character (SHA-1) or 64-character (SHA-256) hex id, or leave commit out for the branch tip"
+                ),
+            ));
+        }
+    }
     if raw.fetch_depth == Some(0) {
         return Err(RequestError::field(
             &format!("{field}.fetch_depth"),
@@ -623,7 +638,7 @@ fn git_source(field: &str, raw: GitConfig, rules: &Rules<'_>) -> Result<GitSourc
             .unwrap_or_else(|| "x-access-token".into()),
         local_path,
         branch,
-        commit: None,
+        commit,
         sparse_checkout_folders,
         fetch_depth: raw.fetch_depth,
     })

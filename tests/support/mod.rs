@@ -39,6 +39,31 @@ pub fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Stores a secret with `taskrunner secret set NAME --data-dir DIR`, the value on stdin.
+pub fn set_secret(data_dir: &Path, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(taskrunner_bin())
+        .args(["secret", "set", name, "--data-dir"])
+        .arg(data_dir)
+        .env_remove("TASKRUNNER_MASTER_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T>(
     timeout: Duration,

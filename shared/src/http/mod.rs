@@ -6,6 +6,7 @@
 mod openapi;
 mod sample;
 mod tasks;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -50,7 +51,25 @@ impl AppState {
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.service.config.max_body_bytes;
+    // Deliveries get their own, larger limit (set on the route, it wins over the default).
+    let webhook_limit = DefaultBodyLimit::max(state.service.config.webhooks.max_body_bytes);
     Router::new()
+        .route(
+            "/webhooks/github",
+            post(webhooks::github).layer(webhook_limit),
+        )
+        .route(
+            "/webhooks/gitlab",
+            post(webhooks::gitlab).layer(webhook_limit),
+        )
+        .route(
+            "/webhooks/gitea",
+            post(webhooks::gitea).layer(webhook_limit),
+        )
+        .route(
+            "/webhooks/bitbucket",
+            post(webhooks::bitbucket).layer(webhook_limit),
+        )
         .route("/task-runner", post(tasks::submit))
         .route("/task-runner/", post(tasks::submit))
         .route(
@@ -129,3 +148,5 @@ pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<S
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webhook_tests;

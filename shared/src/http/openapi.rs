@@ -8,6 +8,7 @@ use crate::model::{CallbackBody, CallbackReceipt, TaskRunnerRequest, TaskRunnerR
 use crate::status::TaskStatus;
 
 use super::tasks::LogsResponse;
+use super::webhooks::WebhookResponse;
 
 /// The OpenAPI 3.1 document.
 pub async fn document() -> Json<Value> {
@@ -31,6 +32,10 @@ pub fn build() -> Value {
         ),
         schema("TaskStatus", generator.subschema_for::<TaskStatus>()),
         schema("LogsResponse", generator.subschema_for::<LogsResponse>()),
+        schema(
+            "WebhookResponse",
+            generator.subschema_for::<WebhookResponse>(),
+        ),
         schema("CallbackBody", generator.subschema_for::<CallbackBody>()),
         schema(
             "CallbackReceipt",
@@ -48,6 +53,17 @@ pub fn build() -> Value {
     let json_body =
         |name: &str| json!({"content": {"application/json": {"schema": reference(name)}}});
     let error = json!({"description": "refused; message says what is wrong and how to fix it", "content": {"application/json": {"schema": reference("TaskRunnerResponse")}}});
+    let webhook = |host: &str| {
+        json!({"post": {
+            "summary": format!("{host} push webhook: verified by its own signature, dedupes on the delivery id, starts the tasks of matching rules"),
+            "security": [],
+            "responses": {
+                "200": {"description": "ping answered", "content": json_body("WebhookResponse")["content"]},
+                "202": {"description": "tasks started, or why the delivery was ignored", "content": json_body("WebhookResponse")["content"]},
+                "401": error
+            }
+        }})
+    };
     let task_id = json!({"name": "task_id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,80}$"}});
     json!({
         "openapi": "3.1.0",
@@ -86,6 +102,10 @@ pub fn build() -> Value {
             "/sample-task-runner-callback": {"post": {"summary": "Sample callback receiver", "security": [],
                 "requestBody": json_body("CallbackBody"),
                 "responses": {"200": {"description": "received", "content": json_body("CallbackReceipt")["content"]}}}},
+            "/webhooks/github": webhook("GitHub"),
+            "/webhooks/gitlab": webhook("GitLab"),
+            "/webhooks/gitea": webhook("Gitea and Forgejo"),
+            "/webhooks/bitbucket": webhook("Bitbucket Cloud"),
             "/healthz": {"get": {"summary": "Health", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/worker-sizes": {"get": {"summary": "Worker sizes", "security": [], "responses": {"200": {"description": "size table"}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}

@@ -53,12 +53,12 @@ async fn call(
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
     }
-    let response = harness
-        .router
-        .clone()
-        .oneshot(request.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
+    send(&harness.router, request.body(Body::from(body)).unwrap()).await
+}
+
+/// Sends one request through the router: the status and the body as JSON (null if not).
+pub(super) async fn send(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await

@@ -286,3 +286,28 @@ fn concurrency_keys_are_checked() {
     bad["concurrency_key"] = json!("a b");
     assert!(refused(bad).message.contains("concurrency_key"));
 }
+
+#[test]
+fn a_commit_pins_the_checkout_and_must_be_a_full_id() {
+    let sha = "0123456789abcdef0123456789ABCDEF01234567";
+    let accepted = check(
+        json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {"git_configs": [{"remote_url": "https://git.example.com/a.git", "branch": "main", "commit": sha}]}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        accepted.spec.git[0].commit.as_deref(),
+        Some(sha.to_ascii_lowercase().as_str())
+    );
+    for bad in ["abc123", "main", &"g".repeat(40)] {
+        let err = refused(
+            json!({"task_id": "t", "task_file_name": "a.py", "worker_config": {"git_configs": [{"remote_url": "https://git.example.com/a.git", "commit": bad}]}}),
+        );
+        assert!(
+            err.message.contains("git_configs[0].commit"),
+            "{}",
+            err.message
+        );
+    }
+}
