@@ -7,6 +7,9 @@
 //! with the operation and the AWS error code in the message.
 
 mod error;
+pub mod secrets;
+#[cfg(test)]
+mod testing;
 
 pub(crate) use error::port_error;
 
