@@ -8,6 +8,7 @@
 
 mod error;
 pub mod secrets;
+pub mod sfn;
 #[cfg(test)]
 mod testing;
 
