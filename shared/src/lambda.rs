@@ -41,7 +41,9 @@ impl AwsSettings {
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let required = |name: &str| {
-            var(name).ok_or_else(|| format!("{name} is not set; template.yaml sets it for every function"))
+            var(name).ok_or_else(|| {
+                format!("{name} is not set; template.yaml sets it for every function")
+            })
         };
         Ok(Self {
             secret_prefix: var("TASKRUNNER_SECRET_PREFIX").unwrap_or_else(|| "taskrunner/".into()),
@@ -115,7 +117,10 @@ impl AwsStack {
         let arn = self.settings.state_machine_arn.clone().ok_or_else(|| {
             "TASKRUNNER_STATE_MACHINE_ARN is not set; template.yaml sets it for the api and cleanup functions".to_owned()
         })?;
-        Ok(Arc::new(StepFunctions::new(aws_sdk_sfn::Client::new(&self.sdk), arn)))
+        Ok(Arc::new(StepFunctions::new(
+            aws_sdk_sfn::Client::new(&self.sdk),
+            arn,
+        )))
     }
 }
 
@@ -145,7 +150,9 @@ pub async fn run_cleanup() -> Result<(), lambda_runtime::Error> {
             let report = crate::steps::cleanup(&stack.steps, orchestrator.as_ref())
                 .await
                 .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
-            serde_json::to_value(report).map_err(|err| StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string())))
+            serde_json::to_value(report).map_err(|err| {
+                StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string()))
+            })
         }
     }))
     .await
@@ -175,7 +182,8 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
     let static_key = std::env::var("TASKRUNNER_API_KEY").ok().map(Secret::new);
     let key_secret = std::env::var("TASKRUNNER_API_KEY_SECRET_NAME").unwrap_or_default();
     let state = Arc::new(AppState {
-        api_keys: ApiKeys::new(Arc::clone(&stack.secrets), static_key).with_key_from_secret(key_secret),
+        api_keys: ApiKeys::new(Arc::clone(&stack.secrets), static_key)
+            .with_key_from_secret(key_secret),
         service,
         public_url: stack.config.public_url.clone(),
     });

@@ -14,6 +14,8 @@ pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod model;
 pub mod ports;
 pub mod secret;

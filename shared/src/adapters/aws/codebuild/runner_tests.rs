@@ -72,6 +72,8 @@ fn spec(remote_url: String) -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds: 60,
         email: None,
+        concurrency_key: None,
+        cancel_in_progress: false,
     }
 }
 

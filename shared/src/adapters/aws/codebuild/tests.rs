@@ -74,6 +74,8 @@ fn spec(task_id: &str, size: &str) -> TaskSpec {
         terminate_on_completion: true,
         timeout_seconds: 3600,
         email: None,
+        concurrency_key: None,
+        cancel_in_progress: false,
     }
 }
 
