@@ -66,8 +66,14 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
         .as_millis()
         + 60_000;
     let mut headers = HeaderMap::new();
-    headers.insert("lambda-runtime-aws-request-id", HeaderValue::from_static("req-1"));
-    headers.insert("lambda-runtime-deadline-ms", HeaderValue::from_str(&deadline.to_string()).unwrap());
+    headers.insert(
+        "lambda-runtime-aws-request-id",
+        HeaderValue::from_static("req-1"),
+    );
+    headers.insert(
+        "lambda-runtime-deadline-ms",
+        HeaderValue::from_str(&deadline.to_string()).unwrap(),
+    );
     headers.insert(
         "lambda-runtime-invoked-function-arn",
         HeaderValue::from_static("arn:aws:lambda:us-east-1:123456789012:function:test"),
@@ -82,30 +88,47 @@ async fn answer(State(shared): State<Arc<Shared>>, kind: Answer) -> StatusCode {
     StatusCode::ACCEPTED
 }
 
-async fn response(State(shared): State<Arc<Shared>>, Path(_id): Path<String>, body: Bytes) -> StatusCode {
-    let value = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+async fn response(
+    State(shared): State<Arc<Shared>>,
+    Path(_id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    let value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
     answer(State(shared), Answer::Response(value)).await
 }
 
-async fn error(State(shared): State<Arc<Shared>>, Path(_id): Path<String>, body: Bytes) -> StatusCode {
-    let value = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+async fn error(
+    State(shared): State<Arc<Shared>>,
+    Path(_id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    let value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
     answer(State(shared), Answer::Error(value)).await
 }
 
 async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
-    let value = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+    let value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
     answer(State(shared), Answer::Error(value)).await
 }
 
 /// Boots `binary` with only the Lambda variables (plus `env`), hands it `event`, returns its answer.
 pub async fn invoke(binary: &str, env: &[(&str, String)], event: Value) -> Invocation {
     let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner { event: Some(event), ..Inner::default() }),
+        inner: Mutex::new(Inner {
+            event: Some(event),
+            ..Inner::default()
+        }),
         answered: Notify::new(),
     });
     let app = Router::new()
         .route("/2018-06-01/runtime/invocation/next", get(next))
-        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .with_state(Arc::clone(&shared));
@@ -133,7 +156,9 @@ pub async fn invoke(binary: &str, env: &[(&str, String)], event: Value) -> Invoc
         command.env(key, value);
     }
     let spawned = Instant::now();
-    let mut child = command.spawn().unwrap_or_else(|err| panic!("{binary}: {err}"));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|err| panic!("{binary}: {err}"));
     let waited = async {
         loop {
             let notified = shared.answered.notified();

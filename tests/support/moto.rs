@@ -1,0 +1,142 @@
+//! `moto` on loopback, with the resources a deployment's template would create: a state
+//! machine, a CodeBuild project and its log group. The AWS SDK in a function binary reaches
+//! it through `AWS_ENDPOINT_URL`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running moto server, killed when dropped.
+pub struct Moto {
+    child: Child,
+    /// Its endpoint URL.
+    pub endpoint: String,
+    /// The state machine created in it.
+    pub state_machine_arn: String,
+}
+
+/// The CodeBuild project and log group created in moto.
+pub const PROJECT: &str = "taskrunner-workers";
+/// The workers' log group.
+pub const LOG_GROUP: &str = "/taskrunner/workers";
+
+impl Moto {
+    /// Starts moto (installing it from PyPI when `python3` cannot import it) and creates the
+    /// deployment's resources.
+    pub fn start() -> Self {
+        let importable = Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !importable {
+            let _ = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "moto[server]==5.2.5"])
+                .status();
+        }
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto: pip install 'moto[server]==5.2.5'");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Duration::from_millis(200),
+        )
+        .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on {endpoint}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let setup = format!(
+            r#"
+import boto3, json
+kw = dict(endpoint_url="{endpoint}", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+sfn = boto3.client("stepfunctions", **kw)
+arn = sfn.create_state_machine(name="taskrunner", roleArn="arn:aws:iam::123456789012:role/sfn",
+    definition=json.dumps({{"StartAt": "Done", "States": {{"Done": {{"Type": "Succeed"}}}}}}))["stateMachineArn"]
+boto3.client("codebuild", **kw).create_project(name="{PROJECT}", source={{"type": "S3", "location": "bucket/source.zip"}},
+    artifacts={{"type": "NO_ARTIFACTS"}}, environment={{"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
+    "computeType": "BUILD_GENERAL1_SMALL"}}, serviceRole="arn:aws:iam::123456789012:role/cb")
+boto3.client("logs", **kw).create_log_group(logGroupName="{LOG_GROUP}")
+print(arn)
+"#
+        );
+        let output = Command::new("python3")
+            .args(["-c", &setup])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "moto setup: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self {
+            child,
+            endpoint,
+            state_machine_arn: String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        }
+    }
+
+    /// Starts a build of the project directly (as a worker started earlier would be); its id.
+    pub fn start_build(&self) -> String {
+        let script = format!(
+            r#"
+import boto3
+kw = dict(endpoint_url="{}", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+print(boto3.client("codebuild", **kw).start_build(projectName="{PROJECT}")["build"]["id"])
+"#,
+            self.endpoint
+        );
+        let output = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "start_build: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The environment a function gets in the template, pointed at this moto.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            (
+                "TASKRUNNER_STATE_MACHINE_ARN",
+                self.state_machine_arn.clone(),
+            ),
+            ("TASKRUNNER_CODEBUILD_PROJECT", PROJECT.into()),
+            ("TASKRUNNER_CODEBUILD_LOG_GROUP", LOG_GROUP.into()),
+            ("TASKRUNNER_SECRET_PREFIX", "taskrunner/".into()),
+            ("TASKRUNNER_API_KEY", "lambda-test-key".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
