@@ -1,6 +1,9 @@
 //! Real-shaped events for the function binaries: an API Gateway HTTP API (v2) request, the
 //! state machine's step payloads, an EventBridge scheduled event.
 
+// Shared by several test crates; each uses a part of it.
+#![allow(dead_code)]
+
 use serde_json::{Value, json};
 
 /// An API Gateway v2 request event.

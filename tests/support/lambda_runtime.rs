@@ -2,6 +2,9 @@
 //! one event, and returns its answer (or its error, with the `errorType` the state machine
 //! matches on).
 
+// Shared by several test crates; each uses a part of it.
+#![allow(dead_code)]
+
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

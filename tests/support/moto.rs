@@ -2,6 +2,9 @@
 //! machine, a CodeBuild project and its log group. The AWS SDK in a function binary reaches
 //! it through `AWS_ENDPOINT_URL`.
 
+// Shared by several test crates; each uses a part of it.
+#![allow(dead_code)]
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

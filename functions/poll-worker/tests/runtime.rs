@@ -8,7 +8,7 @@ mod lambda_runtime;
 mod moto;
 
 use lambda_runtime::{Answer, invoke};
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_reads_the_build_and_schedules_the_next_wait() {
