@@ -698,3 +698,52 @@ async fn callbacks_to_internal_addresses_are_refused_and_the_status_says_why() {
         "nothing reached the receiver"
     );
 }
+
+#[cfg(feature = "aws")]
+#[test]
+fn aws_secret_commands_write_under_the_deployment_prefix() {
+    let moto = support::moto::Moto::start();
+    let run = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(taskrunner_bin())
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &moto.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&["secret", "set", "GIT_PAT", "--aws"], Some("tok-in-aws-1"));
+    assert!(run(&["secret", "list", "--aws"], None).contains("GIT_PAT"));
+    let script = format!(
+        "import boto3; print(boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='t', aws_secret_access_key='t').get_secret_value(SecretId='taskrunner/GIT_PAT')['SecretString'])",
+        moto.endpoint
+    );
+    let stored = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&stored.stdout).trim(),
+        "tok-in-aws-1"
+    );
+    run(&["secret", "delete", "GIT_PAT", "--aws"], None);
+    assert!(!run(&["secret", "list", "--aws"], None).contains("GIT_PAT"));
+}

@@ -22,19 +22,19 @@ pub enum SecretCommand {
         /// The secret's name (letters, digits and _-./+=@).
         name: String,
         #[command(flatten)]
-        data: DataArgs,
+        store: StoreArgs,
     },
     /// List secret names and ages (never values).
     List {
         #[command(flatten)]
-        data: DataArgs,
+        store: StoreArgs,
     },
     /// Delete a secret.
     Delete {
         /// The secret's name.
         name: String,
         #[command(flatten)]
-        data: DataArgs,
+        store: StoreArgs,
     },
 }
 
@@ -63,6 +63,46 @@ pub enum ApiKeyCommand {
     },
 }
 
+/// Which secret store a `secret` command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Use AWS Secrets Manager (default credentials and region) instead of the local store.
+    #[arg(long)]
+    aws: bool,
+    /// Name prefix in Secrets Manager, as the deployment's `SecretPrefix`.
+    #[arg(long, env = "TASKRUNNER_SECRET_PREFIX", default_value = "taskrunner/")]
+    secret_prefix: String,
+}
+
+async fn open_secret_store(store: &StoreArgs) -> Result<Arc<dyn SecretStore>> {
+    if store.aws {
+        return aws_store(&store.secret_prefix).await;
+    }
+    Ok(Arc::new(open_store(&store.data)?))
+}
+
+#[cfg(feature = "aws")]
+async fn aws_store(prefix: &str) -> Result<Arc<dyn SecretStore>> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    Ok(Arc::new(
+        taskrunner::adapters::aws::secrets::AwsSecretStore::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            prefix,
+        ),
+    ))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_store(_prefix: &str) -> Result<Arc<dyn SecretStore>> {
+    bail!(
+        "this taskrunner was built without AWS support; install it with `cargo install --path cli --features aws`"
+    )
+}
+
 fn open_store(data: &DataArgs) -> Result<LocalSecretStore> {
     let dir = data_dir(data)?;
     LocalSecretStore::open(&dir)
@@ -82,15 +122,15 @@ fn age(since: chrono::DateTime<Utc>) -> String {
 /// Runs a `secret` command.
 pub async fn secret(command: SecretCommand) -> Result<ExitCode> {
     match command {
-        SecretCommand::Set { name, data } => {
+        SecretCommand::Set { name, store } => {
             taskrunner::validate::check_secret_name("NAME", &name)
                 .map_err(|err| anyhow::anyhow!(err.message))?;
             let value = read_value(&name)?;
-            open_store(&data)?.put(&name, &value).await?;
+            open_secret_store(&store).await?.put(&name, &value).await?;
             eprintln!("secret {name} stored");
         }
-        SecretCommand::List { data } => {
-            let entries = open_store(&data)?.list("").await?;
+        SecretCommand::List { store } => {
+            let entries = open_secret_store(&store).await?.list("").await?;
             let user: Vec<_> = entries
                 .into_iter()
                 .filter(|entry| !entry.name.starts_with("taskrunner-"))
@@ -102,8 +142,8 @@ pub async fn secret(command: SecretCommand) -> Result<ExitCode> {
                 println!("{}\tupdated {} ago", entry.name, age(entry.updated_at));
             }
         }
-        SecretCommand::Delete { name, data } => {
-            if !open_store(&data)?.delete(&name).await? {
+        SecretCommand::Delete { name, store } => {
+            if !open_secret_store(&store).await?.delete(&name).await? {
                 bail!("no secret named {name:?}; `taskrunner secret list` shows the names");
             }
             eprintln!("secret {name} deleted");

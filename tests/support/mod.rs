@@ -6,6 +6,7 @@
 
 pub mod asl_harness;
 pub mod git_server;
+pub mod moto;
 pub mod receiver;
 pub mod scripted_worker;
 pub mod server;
