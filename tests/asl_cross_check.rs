@@ -136,27 +136,17 @@ fn same_numbers(value: Value) -> Value {
 
 fn spec(callback_url: &str, timeout_seconds: u64) -> TaskSpec {
     TaskSpec {
-        task_id: TaskId::parse(TASK_ID).unwrap(),
-        task_file: TaskFile::parse("job.sh").unwrap(),
-        worker: WorkerResources {
-            name: "X-Small".into(),
-            cpus: 1,
-            memory_mib: 1024,
-        },
-        env: Default::default(),
-        secrets: Vec::new(),
-        git: Vec::new(),
-        startup_script: None,
-        log_level: None,
-        modules_log_level: None,
-        bypass_ssl_verification: false,
         callback_url: Some(callback_url.to_owned()),
-        has_callback_token: false,
-        terminate_on_completion: true,
         timeout_seconds,
-        email: None,
-        concurrency_key: None,
-        cancel_in_progress: false,
+        ..TaskSpec::new(
+            TaskId::parse(TASK_ID).unwrap(),
+            TaskFile::parse("job.sh").unwrap(),
+            WorkerResources {
+                name: "X-Small".into(),
+                cpus: 1,
+                memory_mib: 1024,
+            },
+        )
     }
 }
 

@@ -86,27 +86,16 @@ impl WorkerBackend for TimedWorker {
 
 fn spec() -> TaskSpec {
     TaskSpec {
-        task_id: TaskId::parse("bench").unwrap(),
-        task_file: TaskFile::parse("job.sh").unwrap(),
-        worker: WorkerResources {
-            name: "X-Small".into(),
-            cpus: 1,
-            memory_mib: 1024,
-        },
-        env: Default::default(),
-        secrets: Vec::new(),
-        git: Vec::new(),
-        startup_script: None,
-        log_level: None,
-        modules_log_level: None,
-        bypass_ssl_verification: false,
-        callback_url: None,
-        has_callback_token: false,
-        terminate_on_completion: true,
         timeout_seconds: 40 * 3600,
-        email: None,
-        concurrency_key: None,
-        cancel_in_progress: false,
+        ..TaskSpec::new(
+            TaskId::parse("bench").unwrap(),
+            TaskFile::parse("job.sh").unwrap(),
+            WorkerResources {
+                name: "X-Small".into(),
+                cpus: 1,
+                memory_mib: 1024,
+            },
+        )
     }
 }
 

@@ -241,7 +241,7 @@ impl Default for Config {
             tasks_dir: None,
             worker_sizes: WorkerSizes::default(),
             default_worker_size: "X-Small".into(),
-            default_timeout_seconds: 6 * 3600,
+            default_timeout_seconds: crate::task::DEFAULT_TIMEOUT_SECONDS,
             max_timeout_seconds: 36 * 3600,
             log_tail_bytes: 64 * 1024,
             keep_workspace_seconds: 3600,

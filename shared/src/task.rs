@@ -212,6 +212,35 @@ pub struct TaskSpec {
     pub cancel_in_progress: bool,
 }
 
+/// Default task timeout: six hours.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 6 * 3600;
+
+impl TaskSpec {
+    /// A task that runs `task_file` on `worker` with nothing else: no repositories, secrets,
+    /// environment or callback; terminated on completion; the default timeout.
+    pub fn new(task_id: TaskId, task_file: TaskFile, worker: WorkerResources) -> Self {
+        Self {
+            task_id,
+            task_file,
+            worker,
+            env: BTreeMap::new(),
+            secrets: Vec::new(),
+            git: Vec::new(),
+            startup_script: None,
+            log_level: None,
+            modules_log_level: None,
+            bypass_ssl_verification: false,
+            callback_url: None,
+            has_callback_token: false,
+            terminate_on_completion: true,
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+            email: None,
+            concurrency_key: None,
+            cancel_in_progress: false,
+        }
+    }
+}
+
 /// Name of the secret-store entry holding a task's callback bearer token.
 pub fn callback_token_secret_name(task_id: &TaskId) -> String {
     format!("{CALLBACK_TOKEN_PREFIX}{task_id}")

@@ -101,26 +101,15 @@ pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
 /// A task spec with defaults.
 pub fn spec(task_id: &str) -> TaskSpec {
     TaskSpec {
-        task_id: TaskId::parse(task_id).unwrap(),
-        task_file: TaskFile::parse("job.sh").unwrap(),
-        worker: WorkerResources {
-            name: "X-Small".into(),
-            cpus: 1,
-            memory_mib: 1024,
-        },
-        env: Default::default(),
-        secrets: Vec::new(),
-        git: Vec::new(),
-        startup_script: None,
-        log_level: None,
-        modules_log_level: None,
-        bypass_ssl_verification: false,
-        callback_url: None,
-        has_callback_token: false,
-        terminate_on_completion: true,
         timeout_seconds: 3600,
-        email: None,
-        concurrency_key: None,
-        cancel_in_progress: false,
+        ..TaskSpec::new(
+            TaskId::parse(task_id).unwrap(),
+            TaskFile::parse("job.sh").unwrap(),
+            WorkerResources {
+                name: "X-Small".into(),
+                cpus: 1,
+                memory_mib: 1024,
+            },
+        )
     }
 }
