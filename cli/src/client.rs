@@ -148,27 +148,19 @@ fn exit_code(status: &Value) -> ExitCode {
 
 /// `taskrunner status`.
 pub async fn status(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
-    let api = Api::new(args)?;
-    let status = api
-        .expect_ok(
-            reqwest::Method::GET,
-            &format!("/task-runner/{task_id}"),
-            None,
-        )
-        .await?;
-    print(&status);
-    Ok(ExitCode::SUCCESS)
+    show_task(reqwest::Method::GET, task_id, args).await
 }
 
 /// `taskrunner cancel`.
 pub async fn cancel(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
+    show_task(reqwest::Method::DELETE, task_id, args).await
+}
+
+/// Calls `/task-runner/{task_id}` with `method` and prints the task's status.
+async fn show_task(method: reqwest::Method, task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
     let api = Api::new(args)?;
     let status = api
-        .expect_ok(
-            reqwest::Method::DELETE,
-            &format!("/task-runner/{task_id}"),
-            None,
-        )
+        .expect_ok(method, &format!("/task-runner/{task_id}"), None)
         .await?;
     print(&status);
     Ok(ExitCode::SUCCESS)
