@@ -1,7 +1,7 @@
 //! The local worker end to end: real supervisors (this test binary, run as a detached
 //! process), real git, real task processes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::sync::Mutex;
@@ -130,27 +130,16 @@ impl Fixture {
 
 fn spec(task_id: &str, task_file: &str) -> TaskSpec {
     TaskSpec {
-        task_id: TaskId::parse(task_id).unwrap(),
-        task_file: TaskFile::parse(task_file).unwrap(),
-        worker: WorkerResources {
-            name: "Small".into(),
-            cpus: 1,
-            memory_mib: 4096,
-        },
-        env: BTreeMap::new(),
-        secrets: Vec::new(),
-        git: Vec::new(),
-        startup_script: None,
-        log_level: None,
-        modules_log_level: None,
-        bypass_ssl_verification: false,
-        callback_url: None,
-        has_callback_token: false,
-        terminate_on_completion: true,
         timeout_seconds: 60,
-        email: None,
-        concurrency_key: None,
-        cancel_in_progress: false,
+        ..TaskSpec::new(
+            TaskId::parse(task_id).unwrap(),
+            TaskFile::parse(task_file).unwrap(),
+            WorkerResources {
+                name: "Small".into(),
+                cpus: 1,
+                memory_mib: 4096,
+            },
+        )
     }
 }
 

@@ -1,7 +1,6 @@
 //! `infra/runner.sh` (the script the buildspec embeds) run for real: bash, git and python3,
 //! on a `file://` repository made here.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -44,15 +43,6 @@ fn origin(root: &Path) -> PathBuf {
 
 fn spec(remote_url: String) -> TaskSpec {
     TaskSpec {
-        task_id: TaskId::parse("runner-test").unwrap(),
-        task_file: TaskFile::parse("jobs/task.py").unwrap(),
-        worker: WorkerResources {
-            name: "Small".into(),
-            cpus: 1,
-            memory_mib: 2048,
-        },
-        env: BTreeMap::new(),
-        secrets: vec![],
         git: vec![GitSource {
             remote_url,
             secret_name: Some("GIT_PAT".into()),
@@ -64,16 +54,16 @@ fn spec(remote_url: String) -> TaskSpec {
             fetch_depth: Some(1),
         }],
         startup_script: Some("echo startup-ran > startup.txt".into()),
-        log_level: None,
-        modules_log_level: None,
-        bypass_ssl_verification: false,
-        callback_url: None,
-        has_callback_token: false,
-        terminate_on_completion: true,
         timeout_seconds: 60,
-        email: None,
-        concurrency_key: None,
-        cancel_in_progress: false,
+        ..TaskSpec::new(
+            TaskId::parse("runner-test").unwrap(),
+            TaskFile::parse("jobs/task.py").unwrap(),
+            WorkerResources {
+                name: "Small".into(),
+                cpus: 1,
+                memory_mib: 2048,
+            },
+        )
     }
 }
 
