@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::embedded::{Embedded, EmbeddedOptions};
 use crate::secret::Secret;
 
-const KEY: &str = "http-test-key";
+pub(super) const KEY: &str = "http-test-key";
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -20,11 +20,18 @@ struct Harness {
 
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let (_, router) = app(dir.path(), Config::default());
+    Harness { _dir: dir, router }
+}
+
+/// The embedded stack over `dir` (nothing runs: no scheduler) and its router, which accepts
+/// `KEY` and answers `status_url`s under `http://tr.test`.
+pub(super) fn app(dir: &std::path::Path, config: Config) -> (Embedded, axum::Router) {
     let embedded = Embedded::open(EmbeddedOptions {
-        data_dir: dir.path().join("data"),
-        config: Config::default(),
+        data_dir: dir.join("data"),
+        config,
         supervisor_program: "/bin/false".into(),
-        base_dir: dir.path().to_owned(),
+        base_dir: dir.to_owned(),
         clock: Arc::new(SystemClock),
     })
     .unwrap();
@@ -33,10 +40,7 @@ fn harness() -> Harness {
         service: embedded.service.clone(),
         public_url: Some("http://tr.test".into()),
     });
-    Harness {
-        _dir: dir,
-        router: router(state),
-    }
+    (embedded, router(state))
 }
 
 async fn call(

@@ -6,18 +6,16 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 
-use super::tests::send;
+use super::tests::{KEY, app, send};
 use super::{AppState, router};
-use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::embedded::{Embedded, EmbeddedOptions};
+use crate::embedded::Embedded;
 use crate::ports::Orchestrator;
 use crate::secret::Secret;
 use crate::webhooks::Provider;
 use crate::webhooks::rules::WebhookRule;
 use crate::webhooks::verify::signature_header;
 
-const KEY: &str = "http-test-key";
 const SECRET: &str = "hook-secret-0123";
 const SHA: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
 
@@ -42,14 +40,7 @@ async fn harness(with_secrets: bool) -> Harness {
             "repository = \"acme/docs\"\nref = \"refs/heads/**\"\npaths = [\"src/**\"]\ntask_file_name = \"ci/docs.sh\"\n",
         ),
     ];
-    let embedded = Embedded::open(EmbeddedOptions {
-        data_dir: dir.path().join("data"),
-        config,
-        supervisor_program: "/bin/false".into(),
-        base_dir: dir.path().to_owned(),
-        clock: Arc::new(SystemClock),
-    })
-    .unwrap();
+    let (embedded, router) = app(dir.path(), config);
     if with_secrets {
         for provider in Provider::ALL {
             embedded
@@ -59,14 +50,9 @@ async fn harness(with_secrets: bool) -> Harness {
                 .unwrap();
         }
     }
-    let state = Arc::new(AppState {
-        api_keys: embedded.api_keys(Some(Secret::new(KEY))),
-        service: embedded.service.clone(),
-        public_url: Some("http://tr.test".into()),
-    });
     Harness {
         _dir: dir,
-        router: router(state),
+        router,
         embedded,
     }
 }
