@@ -255,6 +255,24 @@ pub struct ExecutionView {
     pub history_events: u64,
 }
 
+/// One event of an execution's history, as Step Functions lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionEvent {
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// Such as `TaskStateEntered` or `TaskFailed`.
+    pub event_type: String,
+    /// The state it concerns: named by `*StateEntered`/`*StateExited` events; other events
+    /// concern the state entered last.
+    pub state: Option<String>,
+    /// The error name, for failures.
+    pub error: Option<String>,
+    /// The error cause, for failures.
+    pub cause: Option<String>,
+    /// A Task's result, for `TaskSucceeded`.
+    pub output: Option<Value>,
+}
+
 /// Runs the state machine: the embedded engine, or AWS Step Functions.
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
@@ -262,6 +280,8 @@ pub trait Orchestrator: Send + Sync {
     async fn start(&self, name: &str, input: &Value) -> Result<StartOutcome, PortError>;
     /// The execution named `name`, if any.
     async fn describe(&self, name: &str) -> Result<Option<ExecutionView>, PortError>;
+    /// The history of the execution `name`, oldest first; empty when there is none.
+    async fn history(&self, name: &str) -> Result<Vec<ExecutionEvent>, PortError>;
     /// Executions, newest first, at most `limit`, optionally only those with `status`.
     async fn list(
         &self,

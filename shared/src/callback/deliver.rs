@@ -68,6 +68,13 @@ fn redirect_hint(status: u16) -> &'static str {
     }
 }
 
+/// The HTTP status a [`DeliveryError::Rejected`] message names, read back from the text the
+/// execution history keeps as the failed attempt's cause.
+pub fn rejected_status(message: &str) -> Option<u16> {
+    let rest = message.split_once("callback receiver answered HTTP ")?.1;
+    rest.split(' ').next()?.parse().ok()
+}
+
 impl DeliveryError {
     /// True when retrying the same delivery cannot succeed.
     pub fn is_permanent(&self) -> bool {
@@ -236,6 +243,22 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod rejected_status_tests {
+    use super::*;
+
+    #[test]
+    fn the_status_is_read_back_from_the_message() {
+        let err = DeliveryError::Rejected {
+            status: 503,
+            body: "busy".into(),
+        };
+        assert_eq!(rejected_status(&err.to_string()), Some(503));
+        let err = DeliveryError::Unreachable("connection refused".into());
+        assert_eq!(rejected_status(&err.to_string()), None);
+    }
 }
 
 #[cfg(test)]

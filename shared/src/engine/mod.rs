@@ -31,7 +31,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::ports::{Clock, ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome};
+use crate::ports::{
+    Clock, ExecutionEvent, ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome,
+};
 use definition::{Definition, StateKind};
 use store::{NewEvent, Store, Update};
 
@@ -276,6 +278,26 @@ impl Orchestrator for Engine {
 
     async fn describe(&self, name: &str) -> Result<Option<ExecutionView>, PortError> {
         Ok(self.store.view(name)?)
+    }
+
+    async fn history(&self, name: &str) -> Result<Vec<ExecutionEvent>, PortError> {
+        let text =
+            |detail: &Value, key: &str| detail.get(key).and_then(Value::as_str).map(str::to_owned);
+        Ok(self
+            .store
+            .history(name)?
+            .into_iter()
+            .map(|event| ExecutionEvent {
+                timestamp: event.timestamp,
+                error: text(&event.detail, "error"),
+                cause: text(&event.detail, "cause"),
+                output: (event.event_type == "TaskSucceeded")
+                    .then(|| event.detail.get("output").cloned())
+                    .flatten(),
+                event_type: event.event_type,
+                state: event.state,
+            })
+            .collect())
     }
 
     async fn list(

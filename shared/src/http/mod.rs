@@ -6,6 +6,7 @@
 mod openapi;
 mod sample;
 mod tasks;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health))
         .route("/worker-sizes", get(tasks::worker_sizes))
         .route("/openapi.json", get(openapi::document))
+        .merge(ui::routes(Arc::clone(&state)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

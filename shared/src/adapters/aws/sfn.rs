@@ -19,7 +19,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
 use super::{port_error, utc};
-use crate::ports::{ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome};
+use crate::ports::{
+    ExecutionEvent, ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome,
+};
 
 /// History events read per `describe`: enough to find the latest state entered (the longest
 /// stretch without one is a Task state with its retries), small enough to stay one quick call.
@@ -141,6 +143,51 @@ fn status_filter(status: ExecutionStatus) -> SfnStatus {
     }
 }
 
+/// One Step Functions history event in the port's terms; `state` carries the state entered
+/// last, which the events after it (TaskScheduled, TaskFailed, ...) concern.
+fn execution_event(event: &HistoryEvent, state: &mut Option<String>) -> ExecutionEvent {
+    if let Some(details) = event.state_entered_event_details() {
+        *state = Some(details.name().to_owned());
+    }
+    if let Some(details) = event.state_exited_event_details() {
+        *state = Some(details.name().to_owned());
+    }
+    let failure = event
+        .task_failed_event_details()
+        .map(|d| (d.error(), d.cause()))
+        .or_else(|| {
+            event
+                .task_timed_out_event_details()
+                .map(|d| (d.error(), d.cause()))
+        })
+        .or_else(|| {
+            event
+                .execution_failed_event_details()
+                .map(|d| (d.error(), d.cause()))
+        })
+        .or_else(|| {
+            event
+                .execution_aborted_event_details()
+                .map(|d| (d.error(), d.cause()))
+        })
+        .or_else(|| {
+            event
+                .execution_timed_out_event_details()
+                .map(|d| (d.error(), d.cause()))
+        });
+    ExecutionEvent {
+        timestamp: utc(event.timestamp()),
+        event_type: event.r#type().as_str().to_owned(),
+        state: state.clone(),
+        error: failure.and_then(|(error, _)| error).map(str::to_owned),
+        cause: failure.and_then(|(_, cause)| cause).map(str::to_owned),
+        output: event
+            .task_succeeded_event_details()
+            .and_then(|d| d.output())
+            .map(parse_json),
+    }
+}
+
 /// What the newest page of an execution's history says.
 #[derive(Debug, Default, PartialEq)]
 struct LatestState {
@@ -233,6 +280,42 @@ impl Orchestrator for StepFunctions {
 
     async fn describe(&self, name: &str) -> Result<Option<ExecutionView>, PortError> {
         self.describe_arn(&self.execution_arn(name)?).await
+    }
+
+    /// Reads the whole history, a page of 1,000 events per call, oldest first.
+    async fn history(&self, name: &str) -> Result<Vec<ExecutionEvent>, PortError> {
+        let arn = self.execution_arn(name)?;
+        let mut events = Vec::new();
+        let mut state: Option<String> = None;
+        let mut next_token: Option<String> = None;
+        loop {
+            let result = self
+                .client
+                .get_execution_history()
+                .execution_arn(&arn)
+                .max_results(1000)
+                .set_next_token(next_token.take())
+                .send()
+                .await;
+            let page = match result {
+                Ok(page) => page,
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|e| e.is_execution_does_not_exist()) =>
+                {
+                    return Ok(Vec::new());
+                }
+                Err(err) => return Err(port_error("states:GetExecutionHistory", err)),
+            };
+            for event in page.events() {
+                events.push(execution_event(event, &mut state));
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+                _ => return Ok(events),
+            }
+        }
     }
 
     /// Lists with ListExecutions (newest first, as Step Functions sorts them), then describes

@@ -1,0 +1,220 @@
+// The dashboard's script: polls the dashboard's JSON routes and fills the page in.
+// Task data is only ever set as textContent, never parsed as HTML.
+"use strict";
+
+const POLL_MS = 1000;
+const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+async function getJson(url) {
+  const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+  if (response.status === 401) {
+    window.location.assign("/ui/login");
+    throw new Error("session ended");
+  }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.message || ("HTTP " + response.status));
+  return body;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function badge(element, status) {
+  element.textContent = status;
+  element.className = "badge status-" + status;
+}
+
+function when(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return date.toLocaleString(undefined, { hour12: false }) + "." + String(date.getMilliseconds()).padStart(3, "0");
+}
+
+function seconds(value) {
+  if (value == null) return "";
+  return value < 60 ? value.toFixed(1) + " s" : Math.floor(value / 60) + " min " + Math.round(value % 60) + " s";
+}
+
+// ---- task list ----
+function taskList(page) {
+  const params = new URLSearchParams(window.location.search);
+  let status = params.get("status") || "all";
+  const tbody = page.querySelector("#tasks tbody");
+  const note = page.querySelector("#list-note");
+  const buttons = page.querySelectorAll("button.filter");
+  const mark = () => buttons.forEach((b) => b.classList.toggle("active", b.dataset.status === status));
+  buttons.forEach((button) =>
+    button.addEventListener("click", () => {
+      status = button.dataset.status;
+      const url = new URL(window.location.href);
+      url.searchParams.set("status", status);
+      window.history.replaceState(null, "", url);
+      mark();
+      refresh();
+    })
+  );
+  mark();
+  async function refresh() {
+    try {
+      const body = await getJson("/ui/api/tasks?status=" + encodeURIComponent(status));
+      const rows = body.tasks.map((task) => {
+        const row = document.createElement("tr");
+        row.dataset.taskId = task.task_id;
+        const link = document.createElement("a");
+        link.href = "/ui/tasks/" + encodeURIComponent(task.task_id);
+        link.textContent = task.task_id;
+        cell(row, "").appendChild(link);
+        badge(cell(row, "").appendChild(document.createElement("span")), task.status);
+        cell(row, task.task_name);
+        cell(row, task.worker_size);
+        cell(row, when(task.submitted_at));
+        cell(row, seconds(task.duration_seconds));
+        return row;
+      });
+      tbody.replaceChildren(...rows);
+      note.textContent = rows.length + " task" + (rows.length === 1 ? "" : "s") + ", refreshed " + new Date().toLocaleTimeString(undefined, { hour12: false });
+    } catch (err) {
+      note.textContent = "Could not refresh: " + err.message;
+    }
+  }
+  refresh();
+  setInterval(refresh, POLL_MS);
+}
+
+// ---- task page ----
+function taskPage(page) {
+  const id = page.dataset.taskId;
+  const base = "/ui/api/tasks/" + encodeURIComponent(id);
+  const log = page.querySelector("#log");
+  const cancel = page.querySelector("#cancel");
+  const actionNote = page.querySelector("#action-note");
+  let done = false;
+  let logTimer = null;
+
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    actionNote.textContent = "Cancelling…";
+    try {
+      const response = await fetch(base + "/cancel", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrf() },
+      });
+      const body = await response.json();
+      actionNote.textContent = response.ok ? "Cancel requested." : body.message;
+    } catch (err) {
+      actionNote.textContent = "Cancel failed: " + err.message;
+    }
+    cancel.disabled = false;
+    refresh();
+  });
+
+  function highlight(path) {
+    const taken = new Set(path.edges);
+    const visited = new Set(path.states);
+    page.querySelectorAll("#graph [data-state]").forEach((node) => {
+      const name = node.dataset.state;
+      node.classList.toggle("visited", visited.has(name) || (name === "(start)" && path.edges.length > 0) || (name === "(end)" && taken.has([...taken].find((e) => e.endsWith(">(end)")))));
+      node.classList.toggle("current", name === path.current);
+    });
+    page.querySelectorAll("#graph [data-edge]").forEach((edge) => {
+      edge.classList.toggle("taken", taken.has(edge.dataset.edge));
+    });
+  }
+
+  function facts(status) {
+    const parts = [status.task_name, status.worker_size, "submitted " + when(status.submitted_at)];
+    if (status.started_at) parts.push("started " + when(status.started_at));
+    if (status.finished_at) parts.push("finished " + when(status.finished_at));
+    if (status.exit_code != null) parts.push("exit code " + status.exit_code);
+    if (status.reason) parts.push(status.reason);
+    if (status.state) parts.push("state " + status.state);
+    page.querySelector("#task-facts").textContent = parts.join(" · ");
+  }
+
+  function events(view) {
+    const rows = view.events.map((event) => {
+      const row = document.createElement("tr");
+      cell(row, when(event.timestamp));
+      cell(row, event.event_type, /Failed|TimedOut|Aborted/.test(event.event_type) ? "bad" : "");
+      cell(row, event.state);
+      cell(row, event.detail);
+      return row;
+    });
+    page.querySelector("#events tbody").replaceChildren(...rows.reverse());
+    page.querySelector("#events-note").textContent =
+      view.events_total > view.events.length
+        ? "(newest " + view.events.length + " of " + view.events_total + ", newest first)"
+        : "(" + view.events_total + ", newest first)";
+  }
+
+  function callbacks(view) {
+    const rows = view.callbacks.map((attempt) => {
+      const row = document.createElement("tr");
+      cell(row, when(attempt.at));
+      cell(row, attempt.delivered ? "delivered" : "failed", attempt.delivered ? "good" : "bad");
+      cell(row, attempt.status_code != null ? "HTTP " + attempt.status_code + (attempt.error ? " · " + attempt.error : "") : attempt.error || "");
+      cell(row, attempt.webhook_id);
+      return row;
+    });
+    page.querySelector("#callbacks tbody").replaceChildren(...rows);
+    const callback = view.status.callback;
+    page.querySelector("#callbacks-note").textContent = !callback
+      ? "This task has no callback URL."
+      : rows.length === 0
+        ? "No attempt yet: the callback is sent when the task ends."
+        : "";
+  }
+
+  async function refresh() {
+    try {
+      const view = await getJson(base);
+      badge(page.querySelector("#task-status"), view.status.status);
+      facts(view.status);
+      highlight(view.path);
+      events(view);
+      callbacks(view);
+      cancel.hidden = view.status.done;
+      if (view.status.done && !done) {
+        done = true;
+        refreshLog();
+      }
+    } catch (err) {
+      actionNote.textContent = "Could not refresh: " + err.message;
+    }
+  }
+
+  async function refreshLog() {
+    try {
+      const body = await getJson(base + "/logs");
+      const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+      if (log.textContent !== body.logs) {
+        log.textContent = body.logs;
+        if (follow) log.scrollTop = log.scrollHeight;
+      }
+      page.querySelector("#log-note").textContent =
+        (body.logs_truncated ? "(last part) " : "") + (done ? "(task ended)" : "(following)");
+    } catch (err) {
+      page.querySelector("#log-note").textContent = "(" + err.message + ")";
+    }
+    if (done && logTimer) {
+      clearInterval(logTimer);
+      logTimer = null;
+    }
+  }
+
+  refresh();
+  refreshLog();
+  setInterval(() => { if (!done) refresh(); }, POLL_MS);
+  logTimer = setInterval(refreshLog, POLL_MS);
+}
+
+const listPage = document.getElementById("task-list-page");
+if (listPage) taskList(listPage);
+const detailPage = document.getElementById("task-page");
+if (detailPage) taskPage(detailPage);

@@ -1,0 +1,330 @@
+//! What the task page shows, read from the execution and its history: the path taken
+//! through the state machine, the events, the callback attempts and a summary of the
+//! request that holds secret *names* only.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::callback::deliver::rejected_status;
+use crate::ports::{ExecutionEvent, ExecutionStatus, ExecutionView};
+use crate::status::TaskStatus;
+use crate::task::TaskSpec;
+
+use super::graph::{END, START};
+
+/// The state that delivers callbacks; each of its attempts is one delivery attempt.
+const CALLBACK_STATE: &str = "FinishAndCallback";
+
+/// Events sent to the page: the newest ones (a long task has thousands).
+const EVENTS_SHOWN: usize = 200;
+
+/// `GET /ui/api/tasks/{task_id}`.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    /// The status, as `GET /task-runner/{task_id}` gives it.
+    pub status: TaskStatus,
+    /// Where the execution went.
+    pub path: PathTaken,
+    /// The newest history events, oldest first.
+    pub events: Vec<EventRow>,
+    /// How many events the history holds in all.
+    pub events_total: usize,
+    /// Each attempt to deliver the callback.
+    pub callbacks: Vec<CallbackAttempt>,
+}
+
+/// The states entered, in order, and the transitions taken (`FROM>TO`).
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct PathTaken {
+    /// The state the execution is in, or ended in.
+    pub current: Option<String>,
+    /// Every state entered at least once.
+    pub states: Vec<String>,
+    /// Every transition taken at least once.
+    pub edges: Vec<String>,
+}
+
+/// One history event, as the page lists it.
+#[derive(Debug, Serialize)]
+pub struct EventRow {
+    /// When.
+    pub timestamp: DateTime<Utc>,
+    /// Such as `TaskStateEntered`.
+    pub event_type: String,
+    /// The state concerned.
+    pub state: Option<String>,
+    /// Error and cause, for failures.
+    pub detail: Option<String>,
+}
+
+/// One callback delivery attempt.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct CallbackAttempt {
+    /// When it was made.
+    pub at: DateTime<Utc>,
+    /// Whether the receiver accepted it.
+    pub delivered: bool,
+    /// The receiver's HTTP status, when it answered.
+    pub status_code: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The `webhook-id` header it carried.
+    pub webhook_id: String,
+}
+
+/// Builds the page's view.
+pub fn task_view(
+    status: TaskStatus,
+    execution: &ExecutionView,
+    history: &[ExecutionEvent],
+) -> TaskView {
+    let has_callback = status.callback.is_some();
+    let webhook_id = status
+        .callback
+        .as_ref()
+        .map(|callback| callback.webhook_id.clone())
+        .unwrap_or_else(|| format!("msg_{}", execution.name));
+    let rows = history
+        .iter()
+        .skip(history.len().saturating_sub(EVENTS_SHOWN));
+    TaskView {
+        path: path_taken(execution, history),
+        events: rows
+            .map(|event| EventRow {
+                timestamp: event.timestamp,
+                event_type: event.event_type.clone(),
+                state: event.state.clone(),
+                detail: failure(event),
+            })
+            .collect(),
+        events_total: history.len(),
+        callbacks: if has_callback {
+            callback_attempts(history, &webhook_id)
+        } else {
+            Vec::new()
+        },
+        status,
+    }
+}
+
+fn failure(event: &ExecutionEvent) -> Option<String> {
+    match (&event.error, &event.cause) {
+        (Some(error), Some(cause)) => Some(format!("{error}: {cause}")),
+        (Some(only), None) | (None, Some(only)) => Some(only.clone()),
+        (None, None) => None,
+    }
+}
+
+fn path_taken(execution: &ExecutionView, history: &[ExecutionEvent]) -> PathTaken {
+    let mut path = PathTaken::default();
+    let mut previous = START.to_owned();
+    let take = |path: &mut PathTaken, from: &str, to: &str| {
+        let edge = format!("{from}>{to}");
+        if !path.edges.contains(&edge) {
+            path.edges.push(edge);
+        }
+    };
+    for event in history {
+        let Some(state) = event.state.as_ref() else {
+            continue;
+        };
+        if !event.event_type.ends_with("StateEntered") {
+            continue;
+        }
+        take(&mut path, &previous, state);
+        if !path.states.contains(state) {
+            path.states.push(state.clone());
+        }
+        previous = state.clone();
+    }
+    if execution.status != ExecutionStatus::Running && previous != START {
+        take(&mut path, &previous, END);
+    }
+    path.current = execution.current_state.clone();
+    path
+}
+
+/// Each run of the callback state is one attempt: its start time, and its result (the
+/// step's report) or its error.
+fn callback_attempts(history: &[ExecutionEvent], webhook_id: &str) -> Vec<CallbackAttempt> {
+    let mut attempts = Vec::new();
+    let mut started: Option<DateTime<Utc>> = None;
+    for event in history {
+        if event.state.as_deref() != Some(CALLBACK_STATE) {
+            continue;
+        }
+        match event.event_type.as_str() {
+            "TaskStarted" => started = Some(event.timestamp),
+            "TaskSucceeded" => {
+                let output = event.output.as_ref();
+                // A Lambda invocation's result wraps the step's output in `Payload`.
+                let report = output
+                    .and_then(|output| output.get("Payload").or(Some(output)))
+                    .and_then(|output| output.get("callback"))
+                    .filter(|report| !report.is_null());
+                if let Some(report) = report {
+                    attempts.push(CallbackAttempt {
+                        at: started.take().unwrap_or(event.timestamp),
+                        delivered: report.get("delivered").and_then(Value::as_bool) == Some(true),
+                        status_code: report
+                            .get("status_code")
+                            .and_then(Value::as_u64)
+                            .and_then(|code| u16::try_from(code).ok()),
+                        error: None,
+                        webhook_id: report
+                            .get("webhook_id")
+                            .and_then(Value::as_str)
+                            .unwrap_or(webhook_id)
+                            .to_owned(),
+                    });
+                }
+            }
+            "TaskFailed" | "TaskTimedOut" => attempts.push(CallbackAttempt {
+                at: started.take().unwrap_or(event.timestamp),
+                delivered: false,
+                status_code: event.cause.as_deref().and_then(rejected_status),
+                error: failure(event),
+                webhook_id: webhook_id.to_owned(),
+            }),
+            _ => {}
+        }
+    }
+    attempts
+}
+
+/// The request, as the page summarises it: nothing secret, and no URL credentials.
+#[derive(Debug, Serialize)]
+pub struct RequestSummary {
+    /// The task file.
+    pub task_file: String,
+    /// Worker size, with its resources.
+    pub worker: String,
+    /// Repositories cloned: URL (credentials removed), branch or commit.
+    pub repositories: Vec<String>,
+    /// Secrets, by name, and the variable each becomes.
+    pub secrets: Vec<String>,
+    /// Names of the environment variables set (values left out).
+    pub env_names: Vec<String>,
+    /// Where the result goes (credentials and query removed).
+    pub callback_url: Option<String>,
+    /// Whether a callback bearer token was given (its value is never shown).
+    pub callback_token: bool,
+    /// The task's time limit.
+    pub timeout_seconds: u64,
+}
+
+/// The summary of an execution's request, when its input holds a task.
+pub fn request_summary(execution: &ExecutionView) -> Option<RequestSummary> {
+    let task: TaskSpec = serde_json::from_value(execution.input.get("task")?.clone()).ok()?;
+    Some(RequestSummary {
+        task_file: task.task_file.to_string(),
+        worker: format!(
+            "{} ({} CPU, {} MiB)",
+            task.worker.name, task.worker.cpus, task.worker.memory_mib
+        ),
+        repositories: task
+            .git
+            .iter()
+            .map(|git| {
+                let at = git
+                    .commit
+                    .as_deref()
+                    .or(git.branch.as_deref())
+                    .map(|at| format!(" @ {at}"))
+                    .unwrap_or_default();
+                let secret = git
+                    .secret_name
+                    .as_deref()
+                    .map(|name| format!(" (token: secret {name})"))
+                    .unwrap_or_default();
+                format!(
+                    "{}{at} → {}{secret}",
+                    without_credentials(&git.remote_url),
+                    git.local_path
+                )
+            })
+            .collect(),
+        secrets: task
+            .secrets
+            .iter()
+            .map(|secret| format!("{} → ${}", secret.secret, secret.env))
+            .collect(),
+        env_names: task.env.keys().cloned().collect(),
+        callback_url: task.callback_url.as_deref().map(without_credentials),
+        callback_token: task.has_callback_token,
+        timeout_seconds: task.timeout_seconds,
+    })
+}
+
+/// A URL without user, password, query or fragment; a local path as it is.
+fn without_credentials(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.has_host() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(event_type: &str, state: Option<&str>) -> ExecutionEvent {
+        ExecutionEvent {
+            timestamp: Utc::now(),
+            event_type: event_type.into(),
+            state: state.map(str::to_owned),
+            error: None,
+            cause: None,
+            output: None,
+        }
+    }
+
+    #[test]
+    fn attempts_read_from_the_callback_state() {
+        let mut failed = event("TaskFailed", Some(CALLBACK_STATE));
+        failed.error = Some("TaskRunner.CallbackFailed".into());
+        failed.cause =
+            Some("callback receiver answered HTTP 500 instead of a 2xx; it said: \"\"".into());
+        let mut succeeded = event("TaskSucceeded", Some(CALLBACK_STATE));
+        succeeded.output = Some(
+            json!({"Payload": {"callback": {"delivered": true, "status_code": 204, "webhook_id": "msg_t"}}}),
+        );
+        let history = [
+            event("TaskStarted", Some("PollWorker")),
+            event("TaskStarted", Some(CALLBACK_STATE)),
+            failed,
+            event("TaskStarted", Some(CALLBACK_STATE)),
+            succeeded,
+        ];
+        let attempts = callback_attempts(&history, "msg_t");
+        assert_eq!(attempts.len(), 2);
+        assert_eq!(
+            (attempts[0].delivered, attempts[0].status_code),
+            (false, Some(500))
+        );
+        assert!(attempts[0].error.as_deref().unwrap().contains("HTTP 500"));
+        assert_eq!(
+            (attempts[1].delivered, attempts[1].status_code),
+            (true, Some(204))
+        );
+        assert_eq!(attempts[1].webhook_id, "msg_t");
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            without_credentials("https://x-access-token:ghp_secret@github.com/o/r.git?t=1"),
+            "https://github.com/o/r.git"
+        );
+        assert_eq!(without_credentials("/srv/repo"), "/srv/repo");
+    }
+}
