@@ -246,22 +246,6 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod rejected_status_tests {
-    use super::*;
-
-    #[test]
-    fn the_status_is_read_back_from_the_message() {
-        let err = DeliveryError::Rejected {
-            status: 503,
-            body: "busy".into(),
-        };
-        assert_eq!(rejected_status(&err.to_string()), Some(503));
-        let err = DeliveryError::Unreachable("connection refused".into());
-        assert_eq!(rejected_status(&err.to_string()), None);
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
     use std::sync::Mutex;
@@ -579,5 +563,16 @@ mod tests {
             }
         }
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_status_is_read_back_from_the_message() {
+        let err = DeliveryError::Rejected {
+            status: 503,
+            body: "busy".into(),
+        };
+        assert_eq!(rejected_status(&err.to_string()), Some(503));
+        let err = DeliveryError::Unreachable("connection refused".into());
+        assert_eq!(rejected_status(&err.to_string()), None);
     }
 }
