@@ -31,7 +31,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::ports::{Clock, ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome};
+use crate::ports::{
+    Clock, ExecutionPage, ExecutionStatus, ExecutionView, Orchestrator, PageQuery, PortError,
+    StartOutcome,
+};
 use definition::{Definition, StateKind};
 use store::{NewEvent, Store, Update};
 
@@ -284,6 +287,10 @@ impl Orchestrator for Engine {
         limit: usize,
     ) -> Result<Vec<ExecutionView>, PortError> {
         Ok(self.store.list(status, limit)?)
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, PortError> {
+        Ok(self.store.page(query)?)
     }
 
     async fn stop(&self, name: &str, error: &str, cause: &str) -> Result<(), PortError> {
