@@ -9,14 +9,14 @@ use serde_json::Value;
 
 use crate::ApiArgs;
 
-struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
     base: String,
     key: Option<String>,
 }
 
 impl Api {
-    fn new(args: &ApiArgs) -> Result<Self> {
+    pub(crate) fn new(args: &ApiArgs) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -53,7 +53,7 @@ impl Api {
         Ok((status, value))
     }
 
-    async fn expect_ok(
+    pub(crate) async fn expect_ok(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -2,6 +2,7 @@
 
 mod admin;
 mod client;
+mod list;
 mod logging;
 mod run;
 mod serve;
@@ -84,6 +85,24 @@ enum Command {
         /// Wait for the task to end; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List tasks, newest first, as a table (like `gh run list`).
+    List {
+        /// Only tasks with this status: running, queued, succeeded, failed, timed_out,
+        /// cancelled, error.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many tasks (1 to 200).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Redraw every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print the API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -170,6 +189,21 @@ fn main() -> ExitCode {
             Command::Serve { listen, embedded } => serve::serve(listen, &embedded).await,
             Command::Run { request, embedded } => run::run(&request, &embedded).await,
             Command::Submit { request, wait, api } => client::submit(&request, wait, &api).await,
+            Command::List {
+                status,
+                limit,
+                watch,
+                json,
+                api,
+            } => {
+                let args = list::ListArgs {
+                    status,
+                    limit,
+                    watch,
+                    json,
+                };
+                list::list(&args, &api).await
+            }
             Command::Status { task_id, api } => client::status(&task_id, &api).await,
             Command::Logs {
                 task_id,

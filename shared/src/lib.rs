@@ -16,6 +16,7 @@ pub mod engine;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod listing;
 pub mod model;
 pub mod ports;
 pub mod secret;

@@ -273,6 +273,30 @@ pub struct ExecutionEvent {
     pub output: Option<Value>,
 }
 
+/// Which executions a page holds: newest first, from where the previous page stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Only executions with this status.
+    pub status: Option<ExecutionStatus>,
+    /// Only executions started at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only executions whose name starts with this.
+    pub prefix: Option<String>,
+    /// At most this many executions.
+    pub limit: usize,
+    /// The previous page's `next_token`; `None` for the first page.
+    pub token: Option<String>,
+}
+
+/// One page of executions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionPage {
+    /// The executions, newest first.
+    pub executions: Vec<ExecutionView>,
+    /// Where the next page starts; `None` when there is no more.
+    pub next_token: Option<String>,
+}
+
 /// Runs the state machine: the embedded engine, or AWS Step Functions.
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
@@ -288,6 +312,9 @@ pub trait Orchestrator: Send + Sync {
         status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionView>, PortError>;
+    /// One page of executions, newest first. Executions started after the first page was
+    /// taken never show up on later pages, so paging neither repeats nor skips one.
+    async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, PortError>;
     /// Stops a running execution.
     async fn stop(&self, name: &str, error: &str, cause: &str) -> Result<(), PortError>;
     /// Deletes finished executions that stopped before `before`; returns how many.

@@ -18,6 +18,9 @@ pub enum EngineError {
     /// No execution has this name.
     #[error("no execution named {0:?}; list executions to see which exist")]
     NotFound(String),
+    /// A page token that no page handed out.
+    #[error("page token {0:?} was not handed out by this server; start again without it")]
+    InvalidToken(String),
 }
 
 impl EngineError {

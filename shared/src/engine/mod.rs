@@ -32,7 +32,8 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::ports::{
-    Clock, ExecutionEvent, ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome,
+    Clock, ExecutionEvent, ExecutionPage, ExecutionStatus, ExecutionView, Orchestrator, PageQuery,
+    PortError, StartOutcome,
 };
 use definition::{Definition, StateKind};
 use store::{NewEvent, Store, Update};
@@ -306,6 +307,10 @@ impl Orchestrator for Engine {
         limit: usize,
     ) -> Result<Vec<ExecutionView>, PortError> {
         Ok(self.store.list(status, limit)?)
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, PortError> {
+        Ok(self.store.page(query)?)
     }
 
     async fn stop(&self, name: &str, error: &str, cause: &str) -> Result<(), PortError> {

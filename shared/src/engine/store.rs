@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
+mod page;
+
 use super::error::EngineError;
 use crate::ports::{ExecutionStatus, ExecutionView, StartOutcome};
 
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, wake_at);
 CREATE INDEX IF NOT EXISTS executions_by_start ON executions (started_at);
+CREATE INDEX IF NOT EXISTS executions_by_start_name ON executions (started_at, name);
 CREATE TABLE IF NOT EXISTS history (
     execution TEXT NOT NULL,
     seq INTEGER NOT NULL,

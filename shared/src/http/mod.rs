@@ -71,8 +71,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/webhooks/bitbucket",
             post(webhooks::bitbucket).layer(webhook_limit),
         )
-        .route("/task-runner", post(tasks::submit))
-        .route("/task-runner/", post(tasks::submit))
+        .route("/task-runner", post(tasks::submit).get(tasks::list))
+        .route("/task-runner/", post(tasks::submit).get(tasks::list))
         .route(
             "/task-runner/{task_id}",
             get(tasks::status).delete(tasks::cancel),
@@ -148,6 +148,8 @@ pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<S
     }
 }
 
+#[cfg(test)]
+mod list_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

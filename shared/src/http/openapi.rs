@@ -4,6 +4,7 @@ use axum::Json;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
+use crate::listing::{DEFAULT_LIMIT, MAX_LIMIT, TaskList};
 use crate::model::{CallbackBody, CallbackReceipt, TaskRunnerRequest, TaskRunnerResponse};
 use crate::status::TaskStatus;
 
@@ -32,6 +33,7 @@ pub fn build() -> Value {
         ),
         schema("TaskStatus", generator.subschema_for::<TaskStatus>()),
         schema("LogsResponse", generator.subschema_for::<LogsResponse>()),
+        schema("TaskList", generator.subschema_for::<TaskList>()),
         schema(
             "WebhookResponse",
             generator.subschema_for::<WebhookResponse>(),
@@ -78,7 +80,17 @@ pub fn build() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         },
         "paths": {
-            "/task-runner": {"post": {
+            "/task-runner": {"get": {
+                "summary": "List tasks, newest first; pass next_cursor as cursor for the next page",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["running", "queued", "succeeded", "failed", "timed_out", "cancelled", "error"]}},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "a page of tasks", "content": json_body("TaskList")["content"]}, "400": error, "401": error}
+            }, "post": {
                 "summary": "Start a task (idempotent per task_id)",
                 "requestBody": json_body("TaskRunnerRequest"),
                 "responses": {

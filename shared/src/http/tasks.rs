@@ -1,15 +1,16 @@
-//! `/task-runner` handlers: submit, status, logs, cancel; and `/worker-sizes`.
+//! `/task-runner` handlers: submit, list, status, logs, cancel; and `/worker-sizes`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::listing::{ListQuery, RawListQuery};
 use crate::model::TaskRunnerResponse;
 
 use super::{AppState, Authorized, error_response};
@@ -60,6 +61,34 @@ pub async fn submit(
             };
             (StatusCode::ACCEPTED, Json(response)).into_response()
         }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// `GET /task-runner?status=&since=&prefix=&limit=&cursor=`: tasks, newest first.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    _key: Authorized,
+    query: Result<Query<RawListQuery>, QueryRejection>,
+) -> Response {
+    let raw = match query {
+        Ok(Query(raw)) => raw,
+        Err(rejection) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "query string: {}; use status, since, prefix, limit and cursor, each once",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
+    let listed = match ListQuery::parse(&raw) {
+        Ok(query) => state.service.list(&query).await,
+        Err(err) => Err(err),
+    };
+    match listed {
+        Ok(list) => Json(list).into_response(),
         Err(err) => err.into_response(),
     }
 }

@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use super::{port_error, utc};
 use crate::ports::{
-    ExecutionEvent, ExecutionStatus, ExecutionView, Orchestrator, PortError, StartOutcome,
+    ExecutionEvent, ExecutionPage, ExecutionStatus, ExecutionView, Orchestrator, PageQuery,
+    PortError, StartOutcome,
 };
 
 /// History events read per `describe`: enough to find the latest state entered (the longest
@@ -359,6 +360,54 @@ impl Orchestrator for StepFunctions {
             }
         }
         Ok(views)
+    }
+
+    /// One ListExecutions call (Step Functions' `nextToken` is the page token), then a
+    /// describe per execution. `since` and `prefix` are applied to the listed page, so a page
+    /// may hold fewer than `limit`; listing stops at the first execution older than `since`.
+    async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, PortError> {
+        let output = self
+            .client
+            .list_executions()
+            .state_machine_arn(&self.state_machine_arn)
+            .set_status_filter(query.status.map(status_filter))
+            .max_results(i32::try_from(query.limit.clamp(1, 1000)).unwrap_or(1000))
+            .set_next_token(query.token.clone())
+            .send()
+            .await
+            .map_err(|err| match &query.token {
+                Some(_) if err.as_service_error().is_some_and(|e| e.is_invalid_token()) => {
+                    PortError::Permanent("page token was not handed out by Step Functions or has expired; start again without it".into())
+                }
+                _ => port_error("states:ListExecutions", err),
+            })?;
+        let mut next_token = output
+            .next_token()
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned);
+        let mut executions = Vec::new();
+        for listed in output.executions() {
+            let started_at = utc(listed.start_date());
+            if query.since.is_some_and(|since| started_at < since) {
+                next_token = None;
+                break;
+            }
+            let wanted = query
+                .prefix
+                .as_deref()
+                .is_none_or(|prefix| listed.name().starts_with(prefix));
+            if !wanted {
+                continue;
+            }
+            // Gone between the list and the describe (past its 90 days): left out.
+            if let Some(view) = self.describe_arn(listed.execution_arn()).await? {
+                executions.push(view);
+            }
+        }
+        Ok(ExecutionPage {
+            executions,
+            next_token,
+        })
     }
 
     async fn stop(&self, name: &str, error: &str, cause: &str) -> Result<(), PortError> {

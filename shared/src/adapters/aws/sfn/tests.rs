@@ -256,3 +256,76 @@ async fn access_denied_is_permanent_and_names_the_operation() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn pages_follow_next_token_and_filter_against_moto() {
+    let moto = Moto::start();
+    let client = moto.step_functions();
+    let arn = create_machine(&client).await;
+    let sfn = StepFunctions::new(client, arn);
+    for name in ["build-1", "deploy-1", "build-2", "build-3", "build-4"] {
+        assert_eq!(
+            sfn.start(name, &json!({"task": {"task_id": name}}))
+                .await
+                .unwrap(),
+            StartOutcome::Started
+        );
+    }
+    sfn.stop("build-4", "Cancelled", "").await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let query = PageQuery {
+            limit: 2,
+            token: token.take(),
+            ..PageQuery::default()
+        };
+        let page = sfn.page(&query).await.unwrap();
+        assert!(page.executions.len() <= 2);
+        seen.extend(page.executions.into_iter().map(|v| v.name));
+        match page.next_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["build-1", "build-2", "build-3", "build-4", "deploy-1"]
+    );
+
+    let running = PageQuery {
+        status: Some(ExecutionStatus::Running),
+        prefix: Some("build-".into()),
+        limit: 10,
+        ..PageQuery::default()
+    };
+    let mut names: Vec<String> = sfn
+        .page(&running)
+        .await
+        .unwrap()
+        .executions
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["build-1", "build-2", "build-3"]);
+
+    let later = PageQuery {
+        since: Some(Utc::now() + chrono::Duration::hours(1)),
+        limit: 10,
+        ..PageQuery::default()
+    };
+    let page = sfn.page(&later).await.unwrap();
+    assert!(page.executions.is_empty());
+    assert_eq!(page.next_token, None);
+
+    let bad = PageQuery {
+        limit: 10,
+        token: Some("not-a-token".into()),
+        ..PageQuery::default()
+    };
+    let err = sfn.page(&bad).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+}
