@@ -2,6 +2,7 @@
 
 mod admin;
 mod client;
+mod lock;
 mod logging;
 mod run;
 mod serve;
