@@ -333,6 +333,48 @@ async fn a_killed_server_resumes_every_task_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_data_dir_refuses_and_names_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    write_tasks(&tasks);
+    let data = tmp.path().join("data");
+    let mut first = Server::start(&data, &tasks, &[]);
+    let holder = std::fs::read_to_string(data.join("owner.lock")).unwrap();
+
+    let second = std::process::Command::new(taskrunner_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--tasks-dir")
+        .arg(&tasks)
+        .env("TASKRUNNER_API_KEY", "test-api-key-0123")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(stderr.contains(&data.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {}", holder.trim())),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).is_empty());
+
+    let cleanup = std::process::Command::new(taskrunner_bin())
+        .arg("cleanup")
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!cleanup.status.success());
+    assert!(String::from_utf8_lossy(&cleanup.stderr).contains("in use by another taskrunner"));
+
+    // After kill -9 the lock is gone with its holder: a restart owns the directory.
+    first.kill9();
+    let _restarted = Server::start(&data, &tasks, &[]);
+    let new_holder = std::fs::read_to_string(data.join("owner.lock")).unwrap();
+    assert_ne!(new_holder, holder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_receiver_gets_the_callback_again_with_the_same_webhook_id() {
     let tmp = tempfile::tempdir().unwrap();
     write_tasks(&tmp.path().join("tasks"));

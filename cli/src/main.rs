@@ -3,6 +3,7 @@
 mod admin;
 mod client;
 mod list;
+mod lock;
 mod logging;
 mod run;
 mod serve;

@@ -16,7 +16,9 @@ use crate::EmbeddedArgs;
 use crate::settings;
 
 /// Builds the embedded stack for `data_dir`.
+/// Takes the data directory's lock first: one owner per data directory.
 pub fn open_embedded(data_dir: &Path, config: Config) -> Result<Embedded> {
+    crate::lock::own_data_dir(data_dir)?;
     let supervisor_program = std::env::current_exe()
         .context("cannot find the taskrunner binary to supervise workers")?;
     let base_dir = std::env::current_dir().context("cannot read the current directory")?;

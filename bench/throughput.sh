@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# End-to-end throughput, side by side in one run: `taskrunner serve` against the original
+# app's design (bench/thread_per_task.py: a thread per task, the task file as a subprocess,
+# a callback POST, nothing persisted). Same workload for both: BENCH_TASKS (1000) no-op
+# tasks submitted by BENCH_CONCURRENCY (16) keep-alive submitters, timed until every
+# callback arrived. Prints per system: wall time to the last callback, submit p50/p99,
+# server CPU seconds (its own plus reaped children's), peak RSS, and the ratios.
+# BENCH_KEEP=1 keeps the temp dir. Needs cargo and python3.
+set -uo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+TASKS="${BENCH_TASKS:-1000}"
+CONCURRENCY="${BENCH_CONCURRENCY:-16}"
+
+WORK="$(mktemp -d /tmp/taskrunner-bench-throughput.XXXXXX)"
+PY_PID=""
+finish() {
+    bench_cleanup "$WORK/taskrunner"
+    [ -n "$PY_PID" ] && kill -TERM "$PY_PID" 2>/dev/null && wait "$PY_PID" 2>/dev/null
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+bench_build || exit 1
+PREFIX="tp-$(date +%s)-$$"
+
+# --- the thread-per-task design --------------------------------------------------------
+mkdir -p "$WORK/python/tasks"
+printf '%s\n' '#!/bin/sh' 'exit 0' >"$WORK/python/tasks/ok.sh"
+python3 "$BENCH_DIR/thread_per_task.py" "$WORK/python/port" "$WORK/python/tasks" "$BENCH_API_KEY" \
+    2>"$WORK/python/server.log" &
+PY_PID=$!
+for _ in $(seq 1 100); do [ -s "$WORK/python/port" ] && break; sleep 0.05; done
+echo "thread-per-task: $TASKS tasks, $CONCURRENCY submitters ..." >&2
+PY="$(python3 "$BENCH_DIR/throughput_load.py" "http://127.0.0.1:$(cat "$WORK/python/port")" \
+    "$BENCH_API_KEY" "$PREFIX-py" "$PY_PID" "$TASKS" "$CONCURRENCY")"
+kill -TERM "$PY_PID" 2>/dev/null; wait "$PY_PID" 2>/dev/null; PY_PID=""
+
+# --- taskrunner serve ------------------------------------------------------------------
+mkdir -p "$WORK/taskrunner/tasks"
+cp "$WORK/python/tasks/ok.sh" "$WORK/taskrunner/tasks/ok.sh"
+BENCH_RUST_LOG="${BENCH_RUST_LOG:-warn}" bench_start_server "$WORK/taskrunner" || exit 1
+echo "taskrunner serve: $TASKS tasks, $CONCURRENCY submitters ..." >&2
+TR="$(python3 "$BENCH_DIR/throughput_load.py" "$SERVE_URL" "$BENCH_API_KEY" "$PREFIX-tr" \
+    "$SERVE_PID" "$TASKS" "$CONCURRENCY")"
+TR_LOG="$(bench_log_problems "$WORK/taskrunner/serve.log")"
+bench_cleanup "$WORK/taskrunner"
+SERVE_PID=""
+
+python3 - "$PY" "$TR" <<'EOF2'
+import json, sys
+py, tr = (json.loads(a) for a in sys.argv[1:3])
+rows = [("wall time to last callback (s)", "wall_seconds"), ("submit p50 (ms)", "submit_p50_ms"),
+        ("submit p99 (ms)", "submit_p99_ms"), ("server CPU (s)", "server_cpu_seconds"),
+        ("peak RSS (MiB)", "peak_rss_mib")]
+print(f"{'':32} {'thread-per-task':>16} {'taskrunner':>12} {'ratio tr/py':>12}")
+for label, key in rows:
+    ratio = tr[key] / py[key] if py[key] else float("nan")
+    print(f"{label:32} {py[key]:>16} {tr[key]:>12} {ratio:>12.2f}")
+print(f"throughput ratio (taskrunner / thread-per-task, tasks per second): "
+      f"{py['wall_seconds'] / tr['wall_seconds']:.2f}x")
+for name, r in (("thread-per-task", py), ("taskrunner", tr)):
+    print(f"{name}: accepted {r['accepted']}/{r['tasks']}, answers {r['answers']}, "
+          f"callbacks {r['callbacks']} ({r['unique_callbacks']} tasks) {r['callback_statuses']}")
+EOF2
+echo "$TR_LOG"
