@@ -22,12 +22,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+use crate::listing::{ListQuery, RawListQuery};
 use crate::secret::Secret;
 use crate::service::ApiError;
-use crate::status::task_status;
 
 use super::tasks::LogsResponse;
 use super::{AppState, error_response};
@@ -314,64 +314,34 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 #[derive(Deserialize)]
-struct ListQuery {
+struct ListParams {
     status: Option<String>,
+    cursor: Option<String>,
 }
 
-/// One row of the dashboard's task list.
-#[derive(Serialize)]
-struct TaskRow {
-    task_id: String,
-    task_name: String,
-    status: String,
-    worker_size: String,
-    submitted_at: chrono::DateTime<Utc>,
-    duration_seconds: Option<f64>,
-}
+/// How many tasks a page of the list shows.
+const LIST_LIMIT: &str = "100";
 
-/// How many recent tasks the list shows.
-const LIST_LIMIT: usize = 100;
-
+/// A page of the list API (`GET /task-runner`), for the session instead of an API key.
 async fn api_list(
     State(ui): State<Arc<Ui>>,
     _session: ApiSession,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<ListParams>,
 ) -> Response {
-    let filter = query.status.filter(|status| status != "all");
-    if let Some(status) = &filter
-        && !page::FILTERS.contains(&status.as_str())
-    {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            format!("status {status:?}: use one of {}", page::FILTERS.join(", ")),
-        );
-    }
-    let executions = match ui.app.service.orchestrator.list(None, LIST_LIMIT).await {
-        Ok(executions) => executions,
-        Err(err) => return ApiError::from(err).into_response(),
+    let raw = RawListQuery {
+        status: query.status.filter(|status| status != "all"),
+        limit: Some(LIST_LIMIT.to_owned()),
+        cursor: query.cursor.filter(|cursor| !cursor.is_empty()),
+        ..RawListQuery::default()
     };
-    let rows: Vec<TaskRow> = executions
-        .iter()
-        .map(task_status)
-        .filter(|status| match filter.as_deref() {
-            None => true,
-            // The list calls every state before the end but `queued` running.
-            Some("running") => !status.done && status.status != "queued",
-            Some(wanted) => status.status == wanted,
-        })
-        .map(|status| TaskRow {
-            duration_seconds: match (status.started_at, status.finished_at) {
-                (Some(start), Some(end)) => Some((end - start).num_milliseconds() as f64 / 1000.0),
-                _ => None,
-            },
-            task_id: status.task_id,
-            task_name: status.task_name,
-            status: status.status,
-            worker_size: status.worker_size,
-            submitted_at: status.submitted_at,
-        })
-        .collect();
-    Json(serde_json::json!({ "tasks": rows })).into_response()
+    let listed = match ListQuery::parse(&raw) {
+        Ok(parsed) => ui.app.service.list(&parsed).await,
+        Err(err) => Err(err),
+    };
+    match listed {
+        Ok(page) => Json(page).into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 async fn api_task(
