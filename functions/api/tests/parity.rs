@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use lambda_runtime::{Answer, invoke};
+use lambda_runtime::{http_response, invoke};
 use serde_json::{Value, json};
 use taskrunner::clock::SystemClock;
 use taskrunner::config::Config;
@@ -154,18 +154,9 @@ async fn embedded_answer(router: &axum::Router, case: &Case) -> (u64, Value) {
 }
 
 async fn aws_answer(moto: &moto::Moto, case: &Case) -> (u64, Value) {
-    let mut event = events::http_request(case.method, case.path, case.key, case.body.as_deref());
-    // As the template's $default route delivers it.
-    event["routeKey"] = json!("$default");
-    event["requestContext"]["routeKey"] = json!("$default");
-    let Answer::Response(response) = invoke(BIN, &moto.env(), event).await.answer else {
-        panic!("{}: an error answer", case.what)
-    };
-    let body = response["body"].as_str().unwrap_or("null");
-    (
-        response["statusCode"].as_u64().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    let event =
+        events::default_route_request(case.method, case.path, case.key, case.body.as_deref());
+    http_response(invoke(BIN, &moto.env(), event).await.answer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

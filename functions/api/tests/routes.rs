@@ -11,7 +11,7 @@ mod moto;
 
 use std::process::Command;
 
-use lambda_runtime::{Answer, invoke};
+use lambda_runtime::{http_response as response, invoke};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_api");
@@ -126,25 +126,6 @@ fn routed<'a>(routes: &'a [Route], method: &str, path: &str) -> Option<&'a Route
         .map(|(_, route)| route)
 }
 
-/// An API Gateway v2 event as the `$default` route delivers it.
-fn default_route_event(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Value {
-    let mut event = events::http_request(method, path, key, body);
-    event["routeKey"] = json!("$default");
-    event["requestContext"]["routeKey"] = json!("$default");
-    event
-}
-
-fn response(answer: Answer) -> (u64, Value) {
-    let Answer::Response(response) = answer else {
-        panic!("an error answer: {answer:?}")
-    };
-    let body = response["body"].as_str().unwrap_or("null");
-    (
-        response["statusCode"].as_u64().unwrap(),
-        serde_json::from_str(body).unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_of_the_router_reaches_the_api_function() {
     let moto = moto::Moto::start();
@@ -152,7 +133,7 @@ async fn every_route_of_the_router_reaches_the_api_function() {
         invoke(
             BIN,
             &moto.env(),
-            default_route_event("GET", "/openapi.json", None, None),
+            events::default_route_request("GET", "/openapi.json", None, None),
         )
         .await
         .answer,
@@ -206,7 +187,7 @@ async fn the_default_route_delivers_the_trailing_slash_and_unknown_paths_to_the_
         invoke(
             BIN,
             &moto.env(),
-            default_route_event(
+            events::default_route_request(
                 "POST",
                 "/task-runner/",
                 Some("lambda-test-key"),
@@ -223,7 +204,7 @@ async fn the_default_route_delivers_the_trailing_slash_and_unknown_paths_to_the_
         invoke(
             BIN,
             &moto.env(),
-            default_route_event("GET", "/no-such-route", None, None),
+            events::default_route_request("GET", "/no-such-route", None, None),
         )
         .await
         .answer,
