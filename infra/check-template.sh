@@ -126,7 +126,9 @@ for name, function in functions.items():
     for event_name, event in function["Properties"].get("Events", {}).items():
         if event.get("Type") == "HttpApi":
             path = event["Properties"].get("Path", "")
-            routes.append(f"{event['Properties'].get('Method', 'ANY').upper()} {path}")
+            method = event["Properties"].get("Method", "")
+            # Neither Path nor Method: SAM creates the $default (catch-all) route.
+            routes.append(f"{method.upper() or 'ANY'} {path}" if path or method else "$default")
             if len(path) > 1 and path.endswith("/"):
                 problems.append(f"{name}.{event_name}: HttpApi path {path!r} ends in '/', which HTTP APIs refuse")
 print(f"HttpApi routes ({len(routes)}): " + ", ".join(routes))

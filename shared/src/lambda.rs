@@ -92,6 +92,7 @@ impl AwsStack {
                 sizes: config.worker_sizes.clone(),
                 log_group: settings.codebuild_log_group.clone(),
                 buildspec: crate::adapters::aws::codebuild::RUNNER_BUILDSPEC.to_owned(),
+                keep_seconds: config.keep_workspace_seconds,
             },
         ));
         let steps = Arc::new(Steps {

@@ -39,6 +39,19 @@ pub fn http_request(method: &str, path: &str, key: Option<&str>, body: Option<&s
     })
 }
 
+/// An API Gateway v2 request event as the template's `$default` route delivers it.
+pub fn default_route_request(
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Value {
+    let mut event = http_request(method, path, key, body);
+    event["routeKey"] = json!("$default");
+    event["requestContext"]["routeKey"] = json!("$default");
+    event
+}
+
 /// A task spec as the state machine's execution input holds it.
 pub fn task(task_id: &str, callback_url: Option<&str>) -> Value {
     json!({

@@ -40,6 +40,18 @@ pub struct Invocation {
     pub output: String,
 }
 
+/// An `api` function's HTTP answer: the status code and the body as JSON (null if not JSON).
+pub fn http_response(answer: Answer) -> (u64, Value) {
+    let Answer::Response(response) = answer else {
+        panic!("an error answer: {answer:?}")
+    };
+    let body = response["body"].as_str().unwrap_or("null");
+    (
+        response["statusCode"].as_u64().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
 #[derive(Default)]
 struct Inner {
     event: Option<Value>,

@@ -7,21 +7,10 @@ mod lambda_runtime;
 #[path = "../../../tests/support/moto.rs"]
 mod moto;
 
-use lambda_runtime::{Answer, invoke};
-use serde_json::{Value, json};
+use lambda_runtime::{http_response as response, invoke};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_api");
-
-fn response(answer: Answer) -> (u64, Value) {
-    let Answer::Response(response) = answer else {
-        panic!("an error answer: {answer:?}")
-    };
-    let body = response["body"].as_str().unwrap_or("null");
-    (
-        response["statusCode"].as_u64().unwrap(),
-        serde_json::from_str(body).unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_through_api_gateway_is_accepted_and_started_on_step_functions() {

@@ -34,7 +34,7 @@ use crate::ports::{
 };
 use crate::task::{TaskId, TaskSpec};
 
-pub use request::{KEEP_SECONDS, idempotency_token, timeout_minutes};
+pub use request::{idempotency_token, timeout_minutes};
 
 /// The runner buildspec, as deployed: hand it to [`CodeBuildConfig::buildspec`].
 pub const RUNNER_BUILDSPEC: &str = include_str!("../../../../infra/runner-buildspec.yml");
@@ -64,6 +64,10 @@ pub struct CodeBuildConfig {
     pub log_group: String,
     /// The runner buildspec ([`RUNNER_BUILDSPEC`]).
     pub buildspec: String,
+    /// How long a kept build (`terminate_on_completion: false`) stays after its task ended,
+    /// seconds: the build sleeps it out in POST_BUILD, the cleanup sweep stops it after that.
+    /// The embedded mode's `keep_workspace_seconds`.
+    pub keep_seconds: u64,
 }
 
 /// Runs tasks as CodeBuild builds and reads their logs from CloudWatch Logs.

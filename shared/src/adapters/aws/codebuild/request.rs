@@ -19,10 +19,6 @@ pub const KEEP_VAR: &str = "TASKRUNNER_KEEP_SECONDS";
 /// Prefix of the git token variables: `TASKRUNNER_GIT_TOKEN_<index in spec.git>`.
 pub const GIT_TOKEN_PREFIX: &str = "TASKRUNNER_GIT_TOKEN_";
 
-/// How long a kept build stays after its task ended, seconds (the local worker's default
-/// `keep_workspace_seconds`); the cleanup sweep stops it after that at the latest.
-pub const KEEP_SECONDS: u64 = 3600;
-
 /// CodeBuild's bounds on `timeoutInMinutesOverride`.
 const MIN_TIMEOUT_MINUTES: u64 = 5;
 const MAX_TIMEOUT_MINUTES: u64 = 2160;
@@ -79,8 +75,10 @@ impl StartPlan {
         let keep = if spec.terminate_on_completion {
             0
         } else {
-            KEEP_SECONDS
+            config.keep_seconds
         };
+        // CodeBuild's own limit: the task's timeout plus the keep time, so a build ends even
+        // when no function is left to stop it.
         Ok(Self {
             compute_type: ComputeType::from(worker_size.codebuild_compute_type.as_str()),
             timeout_minutes: timeout_minutes(spec.timeout_seconds.saturating_add(keep)),

@@ -86,6 +86,7 @@ fn config() -> CodeBuildConfig {
         sizes: WorkerSizes::default(),
         log_group: "/aws/codebuild/taskrunner-worker".into(),
         buildspec: RUNNER_BUILDSPEC.into(),
+        keep_seconds: 1800,
     }
 }
 
@@ -300,16 +301,16 @@ async fn start_keeps_the_build_for_kept_workers_and_clamps_the_timeout() {
     let mut kept = spec("kept-1", "Small");
     kept.terminate_on_completion = false;
     worker.start(&kept).await.unwrap();
-    let input = &seen.lock().unwrap()[0];
-    // The task's hour plus the keep time.
-    assert_eq!(
-        input.timeout_in_minutes_override(),
-        Some(60 + (KEEP_SECONDS / 60) as i32)
-    );
-    assert_eq!(
-        env_of(input)["TASKRUNNER_KEEP_SECONDS"].1,
-        KEEP_SECONDS.to_string()
-    );
+    let input = seen.lock().unwrap()[0].clone();
+    // The task's hour plus the configured keep time (half an hour).
+    assert_eq!(input.timeout_in_minutes_override(), Some(90));
+    assert_eq!(env_of(&input)["TASKRUNNER_KEEP_SECONDS"].1, "1800");
+
+    // Without a keep, CodeBuild ends the build at the task's own timeout.
+    worker.start(&spec("plain-1", "Small")).await.unwrap();
+    let input = seen.lock().unwrap()[1].clone();
+    assert_eq!(input.timeout_in_minutes_override(), Some(60));
+    assert_eq!(env_of(&input)["TASKRUNNER_KEEP_SECONDS"].1, "0");
 }
 
 #[test]
