@@ -96,6 +96,7 @@ pub fn task_list(csrf: &str) -> String {
 <nav class="filters" aria-label="status filter">{filters}</nav>
 <p class="muted" id="list-note">Loading…</p>
 <table id="tasks"><thead><tr><th>Task id</th><th>Status</th><th>Task</th><th>Size</th><th>Submitted</th><th>Duration</th></tr></thead><tbody></tbody></table>
+<p><a id="older" href="/ui/" hidden>Older tasks →</a></p>
 </section>"#
         ),
     )

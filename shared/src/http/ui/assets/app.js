@@ -44,6 +44,9 @@ function seconds(value) {
 function taskList(page) {
   const params = new URLSearchParams(window.location.search);
   let status = params.get("status") || "all";
+  // A page past the first (from "Older tasks") keeps its cursor; a filter click starts over.
+  let cursor = params.get("cursor") || "";
+  const older = page.querySelector("#older");
   const tbody = page.querySelector("#tasks tbody");
   const note = page.querySelector("#list-note");
   const buttons = page.querySelectorAll("button.filter");
@@ -53,6 +56,8 @@ function taskList(page) {
       status = button.dataset.status;
       const url = new URL(window.location.href);
       url.searchParams.set("status", status);
+      url.searchParams.delete("cursor");
+      cursor = "";
       window.history.replaceState(null, "", url);
       mark();
       refresh();
@@ -61,7 +66,7 @@ function taskList(page) {
   mark();
   async function refresh() {
     try {
-      const body = await getJson("/ui/api/tasks?status=" + encodeURIComponent(status));
+      const body = await getJson("/ui/api/tasks?status=" + encodeURIComponent(status) + "&cursor=" + encodeURIComponent(cursor));
       const rows = body.tasks.map((task) => {
         const row = document.createElement("tr");
         row.dataset.taskId = task.task_id;
@@ -77,6 +82,10 @@ function taskList(page) {
         return row;
       });
       tbody.replaceChildren(...rows);
+      older.hidden = !body.next_cursor;
+      if (body.next_cursor) {
+        older.href = "/ui/?status=" + encodeURIComponent(status) + "&cursor=" + encodeURIComponent(body.next_cursor);
+      }
       note.textContent = rows.length + " task" + (rows.length === 1 ? "" : "s") + ", refreshed " + new Date().toLocaleTimeString(undefined, { hour12: false });
     } catch (err) {
       note.textContent = "Could not refresh: " + err.message;
