@@ -20,6 +20,7 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
     let body = read_request(request)?;
     let data_dir = settings::data_dir(&args.data)?;
     let embedded = open_embedded(&data_dir, settings::config(args)?)?;
+    let body = fresh_run(&*embedded.engine, &body).await?;
     let submitted = match embedded.service.submit(&body).await {
         Ok(submitted) => submitted,
         Err(err) => {
@@ -28,12 +29,6 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
         }
     };
     let task_id = submitted.task_id;
-    if submitted.existing {
-        eprintln!(
-            "task {task_id} was accepted before with this same request (data in {}); following it instead of running it again. Use a new task_id to run it again.",
-            data_dir.display()
-        );
-    }
     let scheduler = embedded.start();
     let progress = Progress::new(&task_id);
     let execution = loop {
@@ -107,6 +102,45 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
                 eprintln!("the callback could not be delivered: {error}");
             }
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Every `run` is a new run: when the request's `task_id` is already taken in this data
+/// directory (an earlier run, or another clone sharing the per-user directory), the request is
+/// run as `<task_id>-2`, `-3`, ..., the first id not taken. Submits through the API keep
+/// their idempotency; this is only the one-off command's choice.
+async fn fresh_run(engine: &dyn Orchestrator, body: &[u8]) -> Result<Vec<u8>> {
+    let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(body.to_vec()); // not JSON: the submit says what is wrong
+    };
+    // Clients of the original send the object as a JSON string; unwrap it the same way.
+    if let Some(inner) = request
+        .as_str()
+        .and_then(|text| serde_json::from_str(text).ok())
+    {
+        request = inner;
+    }
+    let Some(task_id) = request
+        .get("task_id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+    else {
+        return Ok(body.to_vec());
+    };
+    if engine.describe(&task_id).await?.is_none() {
+        return Ok(body.to_vec());
+    }
+    let mut n = 2;
+    loop {
+        let candidate = format!("{task_id}-{n}");
+        n += 1;
+        if engine.describe(&candidate).await?.is_none() {
+            eprintln!(
+                "task_id {task_id} has run before in this data directory; this is a new run: {candidate} (pass --data-dir to keep runs apart)"
+            );
+            request["task_id"] = candidate.into();
+            return Ok(serde_json::to_vec(&request)?);
         }
     }
 }
