@@ -146,11 +146,6 @@ fn exit_code(status: &Value) -> ExitCode {
     }
 }
 
-/// `taskrunner status`.
-pub async fn status(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
-    show_task(reqwest::Method::GET, task_id, args).await
-}
-
 /// `taskrunner cancel`.
 pub async fn cancel(task_id: &str, args: &ApiArgs) -> Result<ExitCode> {
     show_task(reqwest::Method::DELETE, task_id, args).await

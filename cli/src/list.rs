@@ -53,7 +53,7 @@ pub async fn list(args: &ListArgs, api: &ApiArgs) -> Result<ExitCode> {
     }
 }
 
-fn colour_of(status: &str) -> &'static str {
+pub(crate) fn colour_of(status: &str) -> &'static str {
     match status {
         "succeeded" => "\x1b[32m",
         "failed" | "error" | "timed_out" => "\x1b[31m",
@@ -69,7 +69,7 @@ fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     span((now - since).num_seconds().max(0) as f64)
 }
 
-fn span(seconds: f64) -> String {
+pub(crate) fn span(seconds: f64) -> String {
     let s = seconds.round() as i64;
     match s {
         0..60 => format!("{s}s"),

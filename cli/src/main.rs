@@ -8,6 +8,7 @@ mod logging;
 mod run;
 mod serve;
 mod settings;
+mod status;
 mod verify;
 
 use std::path::PathBuf;
@@ -107,10 +108,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Show a task's status.
+    /// Show a task's status, its current state and time in it, and its state history.
     Status {
         /// The task id.
         task_id: String,
+        /// Print the API's status JSON instead.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -205,7 +209,7 @@ fn main() -> ExitCode {
                 };
                 list::list(&args, &api).await
             }
-            Command::Status { task_id, api } => client::status(&task_id, &api).await,
+            Command::Status { task_id, json, api } => status::status(&task_id, json, &api).await,
             Command::Logs {
                 task_id,
                 follow,

@@ -1,9 +1,11 @@
-//! The operations behind the API: submit, status, logs, cancel. The HTTP router and the
+//! The operations behind the API: submit, status, history, logs, cancel. The HTTP router and the
 //! CLI's `run` both call these, so the rules live in one place.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Config;
@@ -61,6 +63,24 @@ pub struct Submitted {
     pub task_id: String,
     /// True when the same request had been accepted before: nothing new was started.
     pub existing: bool,
+}
+
+/// One event of a task's state history, as `GET /task-runner/{task_id}/history` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HistoryEntry {
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// Such as `TaskStateEntered`, `TaskFailed` or `ExecutionSucceeded`.
+    pub event_type: String,
+    /// The state it concerns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The error name, for failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The error's cause, for failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 /// The task service.
@@ -184,6 +204,26 @@ impl TaskService {
             }
         }
         Ok(status)
+    }
+
+    /// The task's state history, oldest first: every state entered and left, and every
+    /// failure with its error and cause. Task results are left out.
+    pub async fn history(&self, task_id: &str) -> Result<Vec<HistoryEntry>, ApiError> {
+        self.orchestrator
+            .describe(task_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(task_id))?;
+        let events = self.orchestrator.history(task_id).await?;
+        Ok(events
+            .into_iter()
+            .map(|event| HistoryEntry {
+                timestamp: event.timestamp,
+                event_type: event.event_type,
+                state: event.state,
+                error: event.error,
+                cause: event.cause,
+            })
+            .collect())
     }
 
     /// The last `max_bytes` of the task's log.

@@ -78,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(tasks::status).delete(tasks::cancel),
         )
         .route("/task-runner/{task_id}/logs", get(tasks::logs))
+        .route("/task-runner/{task_id}/history", get(tasks::history))
         .route("/sample-task-runner-callback", post(sample::receive))
         .route("/healthz", get(health))
         .route("/worker-sizes", get(tasks::worker_sizes))

@@ -8,7 +8,7 @@ use crate::listing::{DEFAULT_LIMIT, MAX_LIMIT, TaskList};
 use crate::model::{CallbackBody, CallbackReceipt, TaskRunnerRequest, TaskRunnerResponse};
 use crate::status::TaskStatus;
 
-use super::tasks::LogsResponse;
+use super::tasks::{HistoryResponse, LogsResponse};
 use super::webhooks::WebhookResponse;
 
 /// The OpenAPI 3.1 document.
@@ -33,6 +33,10 @@ pub fn build() -> Value {
         ),
         schema("TaskStatus", generator.subschema_for::<TaskStatus>()),
         schema("LogsResponse", generator.subschema_for::<LogsResponse>()),
+        schema(
+            "HistoryResponse",
+            generator.subschema_for::<HistoryResponse>(),
+        ),
         schema("TaskList", generator.subschema_for::<TaskList>()),
         schema(
             "WebhookResponse",
@@ -111,6 +115,8 @@ pub fn build() -> Value {
             "/task-runner/{task_id}/logs": {"get": {"summary": "Log tail", "parameters": [task_id,
                     {"name": "max_bytes", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
                 "responses": {"200": {"description": "log tail", "content": json_body("LogsResponse")["content"]}, "401": error, "404": error}}},
+            "/task-runner/{task_id}/history": {"get": {"summary": "State history: states entered and left, failures with error and cause, oldest first", "parameters": [task_id],
+                "responses": {"200": {"description": "history", "content": json_body("HistoryResponse")["content"]}, "401": error, "404": error}}},
             "/sample-task-runner-callback": {"post": {"summary": "Sample callback receiver", "security": [],
                 "requestBody": json_body("CallbackBody"),
                 "responses": {"200": {"description": "received", "content": json_body("CallbackReceipt")["content"]}}}},

@@ -1,4 +1,4 @@
-//! `/task-runner` handlers: submit, list, status, logs, cancel; and `/worker-sizes`.
+//! `/task-runner` handlers: submit, list, status, history, logs, cancel; and `/worker-sizes`.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::listing::{ListQuery, RawListQuery};
 use crate::model::TaskRunnerResponse;
+use crate::service::HistoryEntry;
 
 use super::{AppState, Authorized, error_response};
 
@@ -101,6 +102,27 @@ pub async fn status(
 ) -> Response {
     match state.service.status(&task_id).await {
         Ok(status) => Json(status).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Answer of `GET /task-runner/{task_id}/history`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HistoryResponse {
+    /// The task id.
+    pub task_id: String,
+    /// The state history, oldest first.
+    pub events: Vec<HistoryEntry>,
+}
+
+/// `GET /task-runner/{task_id}/history`.
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    _key: Authorized,
+    Path(task_id): Path<String>,
+) -> Response {
+    match state.service.history(&task_id).await {
+        Ok(events) => Json(HistoryResponse { task_id, events }).into_response(),
         Err(err) => err.into_response(),
     }
 }

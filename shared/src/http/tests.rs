@@ -296,3 +296,37 @@ async fn the_sample_receiver_takes_objects_and_the_originals_json_strings() {
         assert_eq!(answer, json!({"success": true, "message": "ok"}));
     }
 }
+
+#[tokio::test]
+async fn the_history_route_lists_the_tasks_events_and_404s_unknown_ids() {
+    let harness = harness();
+    let body = valid().to_string().into_bytes();
+    let (accepted, _) = call(&harness, "POST", "/task-runner", Some(KEY), body).await;
+    assert_eq!(accepted, StatusCode::ACCEPTED);
+    let (status, answer) = call(
+        &harness,
+        "GET",
+        "/task-runner/t-1/history",
+        Some(KEY),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["task_id"], "t-1");
+    assert_eq!(
+        answer["events"][0]["event_type"], "ExecutionStarted",
+        "{answer}"
+    );
+    let (status, _) = call(&harness, "GET", "/task-runner/t-1/history", None, vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, answer) = call(
+        &harness,
+        "GET",
+        "/task-runner/nobody/history",
+        Some(KEY),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(answer["message"].as_str().unwrap().contains("nobody"));
+}
