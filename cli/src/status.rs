@@ -48,6 +48,13 @@ pub async fn status(task_id: &str, json: bool, args: &ApiArgs) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether a history event is the entry into a state.
+fn enters_state(event: &Value) -> bool {
+    event["event_type"]
+        .as_str()
+        .is_some_and(|kind| kind.ends_with("StateEntered"))
+}
+
 fn time(value: &Value) -> Option<DateTime<Utc>> {
     value
         .as_str()
@@ -74,11 +81,7 @@ fn render(status: &Value, history: &Value, now: DateTime<Utc>, colour: bool) -> 
     let events: &[Value] = history["events"].as_array().map_or(&[], Vec::as_slice);
     let entered: Vec<(DateTime<Utc>, &str)> = events
         .iter()
-        .filter(|event| {
-            event["event_type"]
-                .as_str()
-                .is_some_and(|kind| kind.ends_with("StateEntered"))
-        })
+        .filter(|event| enters_state(event))
         .filter_map(|event| Some((time(&event["timestamp"])?, event["state"].as_str()?)))
         .collect();
     let done = status["done"].as_bool().unwrap_or(false);
@@ -114,15 +117,11 @@ fn render(status: &Value, history: &Value, now: DateTime<Utc>, colour: bool) -> 
         };
         let kind = event["event_type"].as_str().unwrap_or_default();
         let state = event["state"].as_str().unwrap_or("");
-        let line = if kind.ends_with("StateEntered") {
+        let line = if enters_state(event) {
             // Time in the state: until the next state is entered, the end, or now.
             let left = events[index + 1..]
                 .iter()
-                .find(|next| {
-                    next["event_type"]
-                        .as_str()
-                        .is_some_and(|kind| kind.ends_with("StateEntered"))
-                })
+                .find(|next| enters_state(next))
                 .and_then(|next| time(&next["timestamp"]))
                 .or(finished)
                 .unwrap_or(now);

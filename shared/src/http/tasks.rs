@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::listing::{ListQuery, RawListQuery};
 use crate::model::TaskRunnerResponse;
-use crate::service::HistoryEntry;
+use crate::service::{HistoryEntry, TaskService};
 
 use super::{AppState, Authorized, error_response};
 
@@ -156,7 +156,12 @@ pub async fn logs(
         .max_bytes
         .unwrap_or(state.service.config.log_tail_bytes)
         .clamp(1, 16 * 1024 * 1024);
-    match state.service.logs(&task_id, max_bytes).await {
+    log_tail(&state.service, task_id, max_bytes).await
+}
+
+/// The last `max_bytes` of a task's log as a `LogsResponse`, or the error.
+pub(super) async fn log_tail(service: &TaskService, task_id: String, max_bytes: usize) -> Response {
+    match service.logs(&task_id, max_bytes).await {
         Ok(tail) => Json(LogsResponse {
             task_id,
             logs: tail.text,

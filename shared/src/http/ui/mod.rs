@@ -29,7 +29,7 @@ use crate::listing::{ListQuery, RawListQuery};
 use crate::secret::Secret;
 use crate::service::ApiError;
 
-use super::tasks::LogsResponse;
+use super::tasks::log_tail;
 use super::{AppState, error_response};
 use graph::Graph;
 use session::{COOKIE, Session, SessionKey};
@@ -373,15 +373,7 @@ async fn api_logs(
     Path(task_id): Path<String>,
 ) -> Response {
     let service = &ui.app.service;
-    match service.logs(&task_id, service.config.log_tail_bytes).await {
-        Ok(tail) => Json(LogsResponse {
-            task_id,
-            logs: tail.text,
-            logs_truncated: tail.truncated,
-        })
-        .into_response(),
-        Err(err) => err.into_response(),
-    }
+    log_tail(service, task_id, service.config.log_tail_bytes).await
 }
 
 async fn api_cancel(
