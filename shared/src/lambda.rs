@@ -102,6 +102,7 @@ impl AwsStack {
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
             gate: None,
+            children: Default::default(),
         });
         Ok(Self {
             config,

@@ -14,12 +14,12 @@ use crate::listing::{ListQuery, RawListQuery};
 use crate::model::TaskRunnerResponse;
 use crate::service::{HistoryEntry, TaskService};
 
-use super::{AppState, Authorized, error_response};
+use super::{AppState, Authorized, Caller, error_response};
 
 /// `POST /task-runner`: 202 with the task id and its status URL.
 pub async fn submit(
     State(state): State<Arc<AppState>>,
-    Authorized(key_name): Authorized,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -41,9 +41,20 @@ pub async fn submit(
             );
         }
     };
-    match state.service.submit(&body).await {
+    let submitted = match &caller {
+        Caller::ApiKey(_) => state.service.submit(&body).await,
+        Caller::Task(parent) => state.service.submit_child(&body, parent).await,
+    };
+    match submitted {
         Ok(submitted) => {
-            tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit");
+            match &caller {
+                Caller::ApiKey(key_name) => {
+                    tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit")
+                }
+                Caller::Task(parent) => {
+                    tracing::info!(task_id = %submitted.task_id, parent = %parent, existing = submitted.existing, "child submitted")
+                }
+            }
             let message = if submitted.existing {
                 "Task already accepted with this request; returning the existing task".to_owned()
             } else {
@@ -97,9 +108,12 @@ pub async fn list(
 /// `GET /task-runner/{task_id}`.
 pub async fn status(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.status(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),
@@ -118,9 +132,12 @@ pub struct HistoryResponse {
 /// `GET /task-runner/{task_id}/history`.
 pub async fn history(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.history(&task_id).await {
         Ok(events) => Json(HistoryResponse { task_id, events }).into_response(),
         Err(err) => err.into_response(),
@@ -148,10 +165,13 @@ pub struct LogsResponse {
 /// `GET /task-runner/{task_id}/logs?max_bytes=N`.
 pub async fn logs(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     let max_bytes = query
         .max_bytes
         .unwrap_or(state.service.config.log_tail_bytes)
@@ -175,9 +195,12 @@ pub(super) async fn log_tail(service: &TaskService, task_id: String, max_bytes: 
 /// `DELETE /task-runner/{task_id}`: cancel.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.cancel(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),

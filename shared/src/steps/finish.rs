@@ -149,7 +149,12 @@ pub async fn finish_and_callback(
             .map(|run| run.submitted_at)
             .filter(|_| end.exit_code.is_some());
     }
-    let body = callback_body(&task, &end, tail);
+    let mut body = callback_body(&task, &end, tail);
+    body.children = steps
+        .children
+        .children(&task.task_id)
+        .await
+        .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
 
     let callback = match &task.callback_url {
         Some(url) => Some(deliver(steps, &task, url, &body).await?),
@@ -198,6 +203,7 @@ pub fn callback_body(task: &TaskSpec, end: &TaskEnd, tail: LogTail) -> CallbackB
             .started_at
             .map(|start| (end.finished_at - start).num_milliseconds() as f64 / 1000.0),
         logs_truncated: tail.truncated,
+        children: Vec::new(),
     }
 }
 

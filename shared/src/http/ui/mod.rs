@@ -28,6 +28,7 @@ use tokio::sync::OnceCell;
 use crate::listing::{ListQuery, RawListQuery};
 use crate::secret::Secret;
 use crate::service::ApiError;
+use crate::task::TaskId;
 
 use super::tasks::log_tail;
 use super::{AppState, error_response};
@@ -275,6 +276,19 @@ async fn task_page(
         Err(err) => return ApiError::from(err).into_response(),
     };
     let summary = execution.as_ref().and_then(view::request_summary);
+    let parent = execution
+        .as_ref()
+        .and_then(|execution| execution.input.pointer("/task/parent_task_id"))
+        .and_then(serde_json::Value::as_str);
+    let children = match TaskId::parse(&task_id) {
+        Ok(id) if execution.is_some() => {
+            match crate::chain::children(ui.app.service.orchestrator.as_ref(), &id).await {
+                Ok(children) => children,
+                Err(err) => return ApiError::from(err).into_response(),
+            }
+        }
+        _ => Vec::new(),
+    };
     let status = if execution.is_some() {
         StatusCode::OK
     } else {
@@ -287,6 +301,10 @@ async fn task_page(
             &task_id,
             summary.as_ref(),
             &ui.graph_svg,
+            &page::Family {
+                parent,
+                children: &children,
+            },
         ),
     )
 }

@@ -76,6 +76,7 @@ fn spec(task_id: &str, size: &str) -> TaskSpec {
         email: None,
         concurrency_key: None,
         cancel_in_progress: false,
+        parent_task_id: None,
     }
 }
 
