@@ -64,6 +64,11 @@ impl Scene {
         )
         .await;
         aws.create_secret("MY_GIT_SECRET", CANARY).await;
+        aws.put_task(
+            "ci/report.sh",
+            "echo \"report from the tasks directory, in $(basename \"$PWD\")\"\n",
+        )
+        .await;
         Self {
             aws,
             receiver: Receiver::start(vec![]).await,
@@ -143,6 +148,14 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     let failing = request("box-fail-1", "fail.sh", &callback_url);
     let (status, answer) = scene.call("POST", "/task-runner", Some(&failing)).await;
     assert_eq!(status, 202, "{answer}");
+    // No git_configs: the task file comes from the deployment's tasks directory (S3).
+    let from_tasks = json!({"task_id": "box-tasks-dir-1", "task_file_name": "ci/report.sh",
+        "worker_config": {"worker_size": "Small"}, "callback_url": callback_url});
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&from_tasks)).await;
+    assert_eq!(status, 202, "{answer}");
+    let missing = request("box-missing-1", "ci/absent.sh", &callback_url);
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&missing)).await;
+    assert_eq!(status, 202, "{answer}");
     let cancelled = request("box-cancel-1", "sleep.sh", &callback_url);
     let (status, answer) = scene.call("POST", "/task-runner", Some(&cancelled)).await;
     assert_eq!(status, 202, "{answer}");
@@ -188,6 +201,26 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         "{stopped}"
     );
 
+    let report = scene.callback("box-tasks-dir-1").await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert!(
+        report["logs"]
+            .as_str()
+            .unwrap()
+            .contains("report from the tasks directory, in tasks"),
+        "{report}"
+    );
+    // In neither place: the embedded worker's message, naming both.
+    let absent = scene.callback("box-missing-1").await;
+    assert_eq!(absent["status"], "error", "{absent}");
+    let (_, state) = scene.call("GET", "/task-runner/box-missing-1", None).await;
+    let reason = state["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("task file \"ci/absent.sh\" not found: looked in the tasks directory (")
+            && reason.contains("and in the checkout of git_configs[0] ("),
+        "{state}"
+    );
+
     // The real definition ran: submit, at least one poll, then the callback step.
     let states = scene.aws.states_entered("model-deployment-task-1").await;
     assert_eq!(
@@ -217,7 +250,13 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         ("API answers".to_owned(), format!("{state}{tail}")),
         ("worker logs".to_owned(), scene.aws.worker_logs().await),
     ];
-    for task_id in ["model-deployment-task-1", "box-fail-1", "box-cancel-1"] {
+    for task_id in [
+        "model-deployment-task-1",
+        "box-fail-1",
+        "box-cancel-1",
+        "box-tasks-dir-1",
+        "box-missing-1",
+    ] {
         seen.push((
             format!("execution history of {task_id}"),
             scene.aws.history(task_id).await.to_string(),
@@ -244,7 +283,7 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     );
 
     println!(
-        "aws_box: three tasks through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
+        "aws_box: five tasks through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

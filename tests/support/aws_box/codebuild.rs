@@ -53,6 +53,7 @@ struct Build {
     compute_type: String,
     timeout_minutes: u64,
     env: Vec<Value>,
+    secondary_sources: Vec<Value>,
     stream: String,
     state: Mutex<BuildState>,
 }
@@ -242,6 +243,10 @@ impl CodeBuild {
                     .as_array()
                     .cloned()
                     .unwrap_or_default(),
+                secondary_sources: body["secondarySourcesOverride"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
                 stream: uuid,
                 state: Mutex::new(BuildState {
                     status: "IN_PROGRESS".into(),
@@ -306,10 +311,21 @@ impl CodeBuild {
             }
         };
         end_phase(&build, "SUCCEEDED", None);
-        for kind in ["DOWNLOAD_SOURCE", "INSTALL"] {
-            enter(&build, kind, &logs).await;
-            end_phase(&build, "SUCCEEDED", None);
+        enter(&build, "DOWNLOAD_SOURCE", &logs).await;
+        let mut env = env;
+        match self.download_sources(&build, &dir).await {
+            Ok(sources) => env.extend(sources),
+            Err(message) => {
+                logs.line(&format!("[Container] {} {message}", stamp()), &[]);
+                logs.flush().await;
+                end_phase(&build, "FAILED", Some(("CLIENT_ERROR", &message)));
+                finish(&build, "FAILED", &logs).await;
+                return;
+            }
         }
+        end_phase(&build, "SUCCEEDED", None);
+        enter(&build, "INSTALL", &logs).await;
+        end_phase(&build, "SUCCEEDED", None);
         let mut failed = false;
         for (kind, key) in [
             ("PRE_BUILD", "pre_build"),
@@ -388,6 +404,73 @@ impl CodeBuild {
             }
         }
         Ok((env, masks))
+    }
+
+    /// Copies each S3 secondary source (`bucket/prefix/`) into the build's directory; the
+    /// `CODEBUILD_SRC_DIR_<id>` variables that point at them.
+    async fn download_sources(
+        &self,
+        build: &Build,
+        dir: &Path,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut env = Vec::new();
+        for source in &build.secondary_sources {
+            let id = source["sourceIdentifier"].as_str().unwrap_or_default();
+            let location = source["location"].as_str().unwrap_or_default();
+            if source["type"] != "S3" {
+                return Err(format!(
+                    "the stand-in only downloads S3 sources, not {source}"
+                ));
+            }
+            let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+            let target = dir.join("sources").join(id);
+            std::fs::create_dir_all(&target).unwrap();
+            let listing = self
+                .s3(&format!("{bucket}?list-type=2&prefix={prefix}"))
+                .await
+                .map_err(|why| format!("CLIENT_ERROR: error listing s3://{location}: {why}"))?;
+            let listing = String::from_utf8_lossy(&listing).into_owned();
+            for key in listing
+                .split("<Key>")
+                .skip(1)
+                .filter_map(|k| k.split_once("</Key>"))
+            {
+                let key = key.0;
+                let Some(relative) = key.strip_prefix(prefix).filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let bytes = self.s3(&format!("{bucket}/{key}")).await.map_err(|why| {
+                    format!("CLIENT_ERROR: error reading s3://{bucket}/{key}: {why}")
+                })?;
+                let path = target.join(relative);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            env.push((
+                format!("CODEBUILD_SRC_DIR_{id}"),
+                target.display().to_string(),
+            ));
+        }
+        Ok(env)
+    }
+
+    async fn s3(&self, path: &str) -> Result<Vec<u8>, String> {
+        let response = self
+            .http
+            .get(format!("{}/{path}", self.moto))
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20261206/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        Ok(body.to_vec())
     }
 
     async fn secret(&self, id: &str) -> Result<String, String> {

@@ -37,6 +37,8 @@ pub const PROJECT: &str = "taskrunner-workers";
 pub const LOG_GROUP: &str = "/taskrunner/workers";
 /// The API key the deployment's `api-key` secret holds.
 pub const API_KEY: &str = "box-api-key";
+/// The bucket of the tasks directory (the template's `TasksBucket`); tasks under `tasks/`.
+pub const TASKS_BUCKET: &str = "taskrunner-tasks";
 /// Secrets Manager name prefix (the template's `SecretPrefix` default).
 pub const SECRET_PREFIX: &str = "taskrunner/";
 
@@ -131,6 +133,7 @@ impl AwsBox {
             _dir: dir,
         };
         aws.create_secret("api-key", API_KEY).await;
+        aws.s3_put(TASKS_BUCKET, None).await;
         aws
     }
 
@@ -144,6 +147,28 @@ impl AwsBox {
         )
         .await;
         assert_eq!(status, 200, "CreateSecret: {answer}");
+    }
+
+    /// Puts a file into the tasks directory, as `aws s3 sync ./tasks s3://BUCKET/tasks/` does.
+    pub async fn put_task(&self, path: &str, text: &str) {
+        self.s3_put(&format!("{TASKS_BUCKET}/tasks/{path}"), Some(text))
+            .await;
+    }
+
+    /// Creates a bucket (`body` None) or an object.
+    async fn s3_put(&self, path: &str, body: Option<&str>) {
+        let answer = self
+            .http
+            .put(format!("{}/{path}", self.moto_url))
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20261206/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.unwrap_or_default().to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "PUT {path}: {answer:?}");
     }
 
     /// One Step Functions call to moto.
@@ -272,6 +297,10 @@ fn function_env(
         }
         "submit" => {
             env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
+            env.push((
+                "TASKRUNNER_TASKS_S3_LOCATION",
+                format!("{TASKS_BUCKET}/tasks/"),
+            ));
         }
         "cleanup" => {
             env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
