@@ -3,9 +3,13 @@
 //! through channels and awaits the answer.
 //!
 //! Writes are group-committed: the writer drains whatever is queued, runs each job in its own
-//! savepoint inside one transaction, commits once (one fsync with `synchronous=FULL` in WAL),
-//! and only then answers. An answered write is on disk. Reads see every answered write (WAL
-//! readers start a fresh snapshot per statement outside a transaction).
+//! savepoint inside one transaction, commits once, and only then answers. A batch holding a
+//! [`Db::write`] commits with `synchronous=FULL` (one fsync of the WAL for the whole batch,
+//! which also makes every earlier commit durable): an answered `write` is on disk. A batch of
+//! [`Db::write_relaxed`] only commits with `synchronous=NORMAL`: it survives a crash or
+//! `kill -9` of the process at once, and a power loss from the next durable write on.
+//! Reads see every answered write (WAL readers start a fresh snapshot per statement outside
+//! a transaction).
 //!
 //! Not here: connection pools. One reader is enough for the short indexed reads we do.
 
@@ -28,11 +32,18 @@ type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A read job.
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
+/// Whether a write must be on disk (fsynced) before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    Full,
+    Normal,
+}
+
 /// A database file served by a writer and a reader thread. Dropping it stops both threads
 /// once their queues are empty.
 pub struct Db {
     path: PathBuf,
-    writer: mpsc::Sender<WriteJob>,
+    writer: mpsc::Sender<(Sync, WriteJob)>,
     reader: mpsc::Sender<ReadJob>,
 }
 
@@ -77,7 +88,7 @@ impl Db {
         init(&write_conn)?;
         let read_conn = connect(path)?;
         read_conn.pragma_update(None, "query_only", true)?;
-        let (writer, writes) = mpsc::channel::<WriteJob>();
+        let (writer, writes) = mpsc::channel::<(Sync, WriteJob)>();
         let (reader, reads) = mpsc::channel::<ReadJob>();
         let spawn_error = |err: std::io::Error| {
             failure(
@@ -114,6 +125,32 @@ impl Db {
         R: Send + 'static,
         E: From<rusqlite::Error> + Send + 'static,
     {
+        self.queue_write(Sync::Full, job).await
+    }
+
+    /// Like [`Db::write`], answered once committed but before an fsync: for changes a
+    /// power loss may undo because they are redone from an earlier durable state (the next
+    /// step of an execution, a place in line).
+    pub async fn write_relaxed<R, E>(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+    {
+        self.queue_write(Sync::Normal, job).await
+    }
+
+    async fn queue_write<R, E>(
+        &self,
+        sync: Sync,
+        job: impl FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel::<Result<R, E>>();
         let boxed: WriteJob = Box::new(move |conn| {
             let result = match conn {
@@ -130,7 +167,7 @@ impl Db {
             });
             (keep, reply)
         });
-        if self.writer.send(boxed).is_err() {
+        if self.writer.send((sync, boxed)).is_err() {
             return Err(stopped(&self.path).into());
         }
         answered
@@ -161,21 +198,50 @@ impl Db {
 }
 
 /// The writer thread: one transaction per batch of queued jobs, one savepoint per job.
-fn write_loop(mut conn: Connection, writes: &mpsc::Receiver<WriteJob>) {
-    while let Ok(first) = writes.recv() {
+fn write_loop(mut conn: Connection, writes: &mpsc::Receiver<(Sync, WriteJob)>) {
+    let mut current = Sync::Full;
+    while let Ok((first_sync, first)) = writes.recv() {
+        let mut sync = first_sync;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match writes.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok((job_sync, job)) => {
+                    if job_sync == Sync::Full {
+                        sync = Sync::Full;
+                    }
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
         let mut replies = Vec::with_capacity(batch.len());
-        let committed = run_batch(&mut conn, batch, &mut replies);
+        let committed = match set_sync(&conn, &mut current, sync) {
+            Ok(()) => run_batch(&mut conn, batch, &mut replies),
+            Err(message) => {
+                for job in batch {
+                    replies.push(job(Err(message.clone())).1);
+                }
+                Err(message)
+            }
+        };
         for reply in replies {
             reply(committed.clone());
         }
     }
+}
+
+/// Sets `synchronous` for the next commit (outside a transaction, where it takes effect).
+fn set_sync(conn: &Connection, current: &mut Sync, wanted: Sync) -> Result<(), String> {
+    if *current != wanted {
+        let value = match wanted {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", value)
+            .map_err(|err| format!("cannot set synchronous={value}: {err}"))?;
+        *current = wanted;
+    }
+    Ok(())
 }
 
 fn run_batch(

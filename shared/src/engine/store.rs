@@ -318,7 +318,8 @@ impl Store {
         Ok(Self { db })
     }
 
-    /// Creates an execution in `first_state`, unless one with this name exists.
+    /// Creates an execution in `first_state`, unless one with this name exists; on disk when
+    /// it returns. The steps that follow are written relaxed (see [`Db::write_relaxed`]).
     pub async fn insert(
         &self,
         name: &str,
@@ -396,7 +397,7 @@ impl Store {
     ) -> Result<Option<i64>, EngineError> {
         let (name, update, events) = (name.to_owned(), update.clone(), events.to_vec());
         self.db
-            .write(move |tx| {
+            .write_relaxed(move |tx| {
                 if apply_update(tx, &name, version, &update, now)? == 0 {
                     return Ok(None);
                 }
@@ -415,7 +416,7 @@ impl Store {
     ) -> Result<bool, EngineError> {
         let name = name.to_owned();
         self.db
-            .write(move |tx| {
+            .write_relaxed(move |tx| {
                 let changed = tx
                     .prepare_cached(
                         "UPDATE executions SET wake_at = ?3 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
@@ -619,7 +620,7 @@ impl Store {
     /// Deletes finished executions (and their history) that stopped before `before`.
     pub async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, EngineError> {
         self.db
-            .write(move |tx| {
+            .write_relaxed(move |tx| {
                 tx.execute(
                     "DELETE FROM history WHERE execution IN (SELECT name FROM executions
                      WHERE status != 'RUNNING' AND stopped_at < ?1)",

@@ -134,6 +134,20 @@ fn record_end(worker: &WorkerDir, end: &TaskEnd) -> i32 {
     }
 }
 
+/// Puts the supervisor in a session of its own, so that the server's terminal, its signals
+/// and its death do not reach the task. Call it first thing in the supervisor process:
+/// [`super::worker::LocalWorker`] starts it without a pre_exec hook (so with posix_spawn),
+/// hence not as a group leader, and setsid succeeds.
+pub fn enter_own_session() {
+    // SAFETY: setsid only changes this process's session; it touches no memory.
+    if unsafe { libc::setsid() } < 0 {
+        eprintln!(
+            "warning: the worker supervisor cannot start a session of its own: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Makes orphaned descendants of the task our children, so that we can reap them and their
 /// process group really disappears even where PID 1 does not reap.
 fn become_subreaper() {

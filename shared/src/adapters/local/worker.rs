@@ -269,15 +269,10 @@ impl LocalWorker {
             .stdin(Stdio::piped())
             .stdout(Stdio::from(output))
             .stderr(Stdio::from(errors));
-        // SAFETY: setsid only detaches the child into its own session; it allocates nothing.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // No pre_exec hook: without one the child is started with posix_spawn (vfork-like),
+        // not fork, which would copy the server's page tables and make it take a
+        // copy-on-write fault for every page it touches afterwards. The supervisor puts
+        // itself in its own session first thing (`worker-supervise` calls `setsid`).
         let mut child = command.spawn().map_err(|e| {
             format!(
                 "cannot start the worker supervisor {}: {e}",
