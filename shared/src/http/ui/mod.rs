@@ -15,6 +15,7 @@ mod view;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -184,8 +185,16 @@ struct LoginForm {
 async fn login(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let Ok(Form(form)) = form else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            page::login(Some(
+                "The form must carry api_key; enter your API key below.",
+            )),
+        );
+    };
     let key = Secret::new(form.api_key.trim());
     let header = format!("Bearer {}", key.expose());
     let name = match ui.app.api_keys.check(Some(&header)).await {
@@ -230,13 +239,14 @@ async fn logout(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
     PageSession(session): PageSession,
-    Form(form): Form<LogoutForm>,
+    form: Result<Form<LogoutForm>, FormRejection>,
 ) -> Response {
     let key = match ui.key().await {
         Ok(key) => key,
         Err(response) => return response,
     };
-    if !key.csrf_ok(&session, &form.csrf_token) {
+    let token = form.map(|Form(form)| form.csrf_token).unwrap_or_default();
+    if !key.csrf_ok(&session, &token) {
         return csrf_refused();
     }
     let mut response = Redirect::to("/ui/login").into_response();
@@ -263,9 +273,18 @@ async fn list_page(State(ui): State<Arc<Ui>>, PageSession(session): PageSession)
 
 async fn task_page(
     State(ui): State<Arc<Ui>>,
-    PageSession(session): PageSession,
+    headers: HeaderMap,
     Path(task_id): Path<String>,
 ) -> Response {
+    // A malformed id is refused before the session is looked at: no login makes it valid.
+    if let Err(why) = crate::task::TaskId::parse(&task_id) {
+        return ApiError::new(400, format!("task_id: {why}")).into_response();
+    }
+    let session = match ui.session(&headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Redirect::to("/ui/login").into_response(),
+        Err(response) => return response,
+    };
     let key = match ui.key().await {
         Ok(key) => key,
         Err(response) => return response,
