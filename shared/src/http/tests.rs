@@ -73,7 +73,7 @@ pub(super) async fn send(router: &axum::Router, request: Request<Body>) -> (Stat
     )
 }
 
-fn valid() -> Value {
+pub(super) fn valid() -> Value {
     json!({"task_id": "t-1", "task_file_name": "hello.py", "worker_config": {"worker_size": "Small"}})
 }
 

@@ -15,7 +15,7 @@ mod view;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::FormRejection;
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -30,7 +30,7 @@ use crate::listing::{ListQuery, RawListQuery};
 use crate::secret::Secret;
 use crate::service::ApiError;
 
-use super::tasks::log_tail;
+use super::tasks::{MAX_AFTER, log_tail, query_number};
 use super::{AppState, error_response};
 use graph::Graph;
 use session::{COOKIE, Session, SessionKey};
@@ -363,27 +363,39 @@ async fn api_list(
     }
 }
 
+#[derive(Deserialize)]
+struct TaskParams {
+    after: Option<String>,
+}
+
+/// The task page's refresh: the status and only the history events it has not seen.
 async fn api_task(
     State(ui): State<Arc<Ui>>,
     _session: ApiSession,
     Path(task_id): Path<String>,
+    query: Result<Query<TaskParams>, QueryRejection>,
 ) -> Response {
+    let after = match query_number(query, "after", |q| q.after, 0, MAX_AFTER) {
+        Ok(after) => after.unwrap_or(0),
+        Err(err) => return err.into_response(),
+    };
     let service = &ui.app.service;
     let status = match service.status(&task_id).await {
         Ok(status) => status,
         Err(err) => return err.into_response(),
     };
-    let (execution, history) = match tokio::try_join!(
+    let skipped = usize::try_from(after).unwrap_or(usize::MAX);
+    let (execution, events) = match tokio::try_join!(
         service.orchestrator.describe(&task_id),
-        service.orchestrator.history(&task_id)
+        service.orchestrator.history_after(&task_id, skipped)
     ) {
-        Ok((Some(execution), history)) => (execution, history),
+        Ok((Some(execution), events)) => (execution, events),
         Ok((None, _)) => {
             return ApiError::new(404, format!("no task with task_id {task_id:?}")).into_response();
         }
         Err(err) => return ApiError::from(err).into_response(),
     };
-    Json(view::task_view(status, &execution, &history)).into_response()
+    Json(view::task_view(status, &execution, after, &events)).into_response()
 }
 
 async fn api_logs(
