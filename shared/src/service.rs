@@ -37,6 +37,11 @@ impl ApiError {
         }
     }
 
+    /// A path's task id, or 400 naming the field: an id no task can have.
+    fn task_id(raw: &str) -> Result<TaskId, Self> {
+        TaskId::parse(raw).map_err(|why| Self::new(400, format!("task_id: {why}")))
+    }
+
     fn not_found(task_id: &str) -> Self {
         Self::new(
             404,
@@ -69,6 +74,8 @@ pub struct Submitted {
 /// One event of a task's state history, as `GET /task-runner/{task_id}/history` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
+    /// Its position in the history, from 1: ask for `?after=` this to get only newer events.
+    pub id: u64,
     /// When it happened.
     pub timestamp: DateTime<Utc>,
     /// Such as `TaskStateEntered`, `TaskFailed` or `ExecutionSucceeded`.
@@ -250,6 +257,7 @@ impl TaskService {
     /// The task's status. While the execution waits between polls, the worker is asked
     /// directly, so the status is live rather than as of the last poll.
     pub async fn status(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
+        let id = ApiError::task_id(task_id)?;
         let execution = self
             .orchestrator
             .describe(task_id)
@@ -264,36 +272,39 @@ impl TaskService {
             Some("WaitForWorker" | "PollWorker" | "IsTaskDone")
         );
         if execution.status == ExecutionStatus::Running && between_polls {
-            if let Ok(id) = TaskId::parse(task_id) {
-                if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
-                    status.status = match live.task {
-                        TaskPhase::Pending if status.status == "queued" => "queued",
-                        TaskPhase::Pending => "starting",
-                        TaskPhase::Preparing => "preparing",
-                        TaskPhase::Running { started_at } => {
-                            status.started_at = Some(started_at);
-                            "running"
-                        }
-                        TaskPhase::Ended(_) => "finishing",
+            if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
+                status.status = match live.task {
+                    TaskPhase::Pending if status.status == "queued" => "queued",
+                    TaskPhase::Pending => "starting",
+                    TaskPhase::Preparing => "preparing",
+                    TaskPhase::Running { started_at } => {
+                        status.started_at = Some(started_at);
+                        "running"
                     }
-                    .into();
+                    TaskPhase::Ended(_) => "finishing",
                 }
+                .into();
             }
         }
         Ok(status)
     }
 
-    /// The task's state history, oldest first: every state entered and left, and every
-    /// failure with its error and cause. Task results are left out.
-    pub async fn history(&self, task_id: &str) -> Result<Vec<HistoryEntry>, ApiError> {
+    /// The task's state history after its `after`-th event, oldest first: every state
+    /// entered and left, and every failure with its error and cause. Task results are left
+    /// out.
+    pub async fn history(&self, task_id: &str, after: u64) -> Result<Vec<HistoryEntry>, ApiError> {
+        ApiError::task_id(task_id)?;
         self.orchestrator
             .describe(task_id)
             .await?
             .ok_or_else(|| ApiError::not_found(task_id))?;
-        let events = self.orchestrator.history(task_id).await?;
+        let skipped = usize::try_from(after).unwrap_or(usize::MAX);
+        let events = self.orchestrator.history_after(task_id, skipped).await?;
         Ok(events
             .into_iter()
-            .map(|event| HistoryEntry {
+            .zip(after.saturating_add(1)..)
+            .map(|(event, id)| HistoryEntry {
+                id,
                 timestamp: event.timestamp,
                 event_type: event.event_type,
                 state: event.state,
@@ -305,8 +316,7 @@ impl TaskService {
 
     /// The last `max_bytes` of the task's log.
     pub async fn logs(&self, task_id: &str, max_bytes: usize) -> Result<LogTail, ApiError> {
-        let id =
-            TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let id = ApiError::task_id(task_id)?;
         let execution = self
             .orchestrator
             .describe(task_id)
@@ -320,8 +330,7 @@ impl TaskService {
 
     /// Cancels a running task: its worker is terminated and its callback says `cancelled`.
     pub async fn cancel(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
-        let id =
-            TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let id = ApiError::task_id(task_id)?;
         let execution = self
             .orchestrator
             .describe(task_id)

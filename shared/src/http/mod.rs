@@ -4,6 +4,7 @@
 //! `{"success": false, "message": "..."}` with a message that names the problem and the fix.
 
 mod openapi;
+pub use openapi::TASK_ID_PATTERN;
 mod sample;
 mod tasks;
 pub mod ui;
@@ -89,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi::document))
         .merge(ui::routes(Arc::clone(&state)))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -101,6 +103,13 @@ async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "no such route; see GET /openapi.json for the API".into(),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route does not take {method}; see GET /openapi.json for its methods"),
     )
 }
 

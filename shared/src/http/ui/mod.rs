@@ -15,6 +15,7 @@ mod view;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -30,7 +31,7 @@ use crate::secret::Secret;
 use crate::service::ApiError;
 use crate::task::TaskId;
 
-use super::tasks::log_tail;
+use super::tasks::{MAX_AFTER, log_tail, query_number};
 use super::{AppState, error_response};
 use graph::Graph;
 use session::{COOKIE, Session, SessionKey};
@@ -185,8 +186,16 @@ struct LoginForm {
 async fn login(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let Ok(Form(form)) = form else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            page::login(Some(
+                "The form must carry api_key; enter your API key below.",
+            )),
+        );
+    };
     let key = Secret::new(form.api_key.trim());
     let header = format!("Bearer {}", key.expose());
     let name = match ui.app.api_keys.check(Some(&header)).await {
@@ -231,13 +240,14 @@ async fn logout(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
     PageSession(session): PageSession,
-    Form(form): Form<LogoutForm>,
+    form: Result<Form<LogoutForm>, FormRejection>,
 ) -> Response {
     let key = match ui.key().await {
         Ok(key) => key,
         Err(response) => return response,
     };
-    if !key.csrf_ok(&session, &form.csrf_token) {
+    let token = form.map(|Form(form)| form.csrf_token).unwrap_or_default();
+    if !key.csrf_ok(&session, &token) {
         return csrf_refused();
     }
     let mut response = Redirect::to("/ui/login").into_response();
@@ -264,9 +274,18 @@ async fn list_page(State(ui): State<Arc<Ui>>, PageSession(session): PageSession)
 
 async fn task_page(
     State(ui): State<Arc<Ui>>,
-    PageSession(session): PageSession,
+    headers: HeaderMap,
     Path(task_id): Path<String>,
 ) -> Response {
+    // A malformed id is refused before the session is looked at: no login makes it valid.
+    if let Err(why) = crate::task::TaskId::parse(&task_id) {
+        return ApiError::new(400, format!("task_id: {why}")).into_response();
+    }
+    let session = match ui.session(&headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Redirect::to("/ui/login").into_response(),
+        Err(response) => return response,
+    };
     let key = match ui.key().await {
         Ok(key) => key,
         Err(response) => return response,
@@ -362,27 +381,39 @@ async fn api_list(
     }
 }
 
+#[derive(Deserialize)]
+struct TaskParams {
+    after: Option<String>,
+}
+
+/// The task page's refresh: the status and only the history events it has not seen.
 async fn api_task(
     State(ui): State<Arc<Ui>>,
     _session: ApiSession,
     Path(task_id): Path<String>,
+    query: Result<Query<TaskParams>, QueryRejection>,
 ) -> Response {
+    let after = match query_number(query, "after", |q| q.after, 0, MAX_AFTER) {
+        Ok(after) => after.unwrap_or(0),
+        Err(err) => return err.into_response(),
+    };
     let service = &ui.app.service;
     let status = match service.status(&task_id).await {
         Ok(status) => status,
         Err(err) => return err.into_response(),
     };
-    let (execution, history) = match tokio::try_join!(
+    let skipped = usize::try_from(after).unwrap_or(usize::MAX);
+    let (execution, events) = match tokio::try_join!(
         service.orchestrator.describe(&task_id),
-        service.orchestrator.history(&task_id)
+        service.orchestrator.history_after(&task_id, skipped)
     ) {
-        Ok((Some(execution), history)) => (execution, history),
+        Ok((Some(execution), events)) => (execution, events),
         Ok((None, _)) => {
             return ApiError::new(404, format!("no task with task_id {task_id:?}")).into_response();
         }
         Err(err) => return ApiError::from(err).into_response(),
     };
-    Json(view::task_view(status, &execution, &history)).into_response()
+    Json(view::task_view(status, &execution, after, &events)).into_response()
 }
 
 async fn api_logs(
