@@ -146,6 +146,7 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
     let view = engine.describe("bench").await.unwrap().unwrap();
     let polls = engine
         .history("bench")
+        .await
         .unwrap()
         .iter()
         .filter(|event| {

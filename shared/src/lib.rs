@@ -22,6 +22,7 @@ pub mod model;
 pub mod ports;
 pub mod secret;
 pub mod service;
+pub mod sqlite;
 pub mod status;
 pub mod steps;
 pub mod task;

@@ -13,10 +13,14 @@
 //! in the output, so the log tail we read from CloudWatch Logs is already masked. Masking is
 //! literal: a value the task transforms (base64, reversed) is not recognised.
 //!
-//! What this backend does not do: look the task file up in a deployment tasks directory
-//! (only the checkout of the first repository is searched), GPU sizes (the project's
-//! environment type is `LINUX_CONTAINER`), and idempotent start beyond CodeBuild's
-//! five-minute idempotency-token window.
+//! The deployment's tasks directory is an S3 prefix (`bucket/prefix/`, kept in sync with
+//! `aws s3 sync`), handed to every build as the secondary source `tasks`; CodeBuild copies it
+//! to `$CODEBUILD_SRC_DIR_tasks`, where the runner looks for the task file first, before
+//! the checkout of the first repository (the embedded mode's order).
+//!
+//! What this backend does not do: GPU sizes (the project's environment type is
+//! `LINUX_CONTAINER`), and idempotent start beyond CodeBuild's five-minute
+//! idempotency-token window.
 
 mod logs;
 mod phases;
@@ -28,7 +32,8 @@ use async_trait::async_trait;
 use aws_sdk_codebuild::config::http::HttpResponse;
 use aws_sdk_codebuild::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_codebuild::types::{
-    Build, BuildPhaseType, EnvironmentVariable, SortOrderType, StatusType,
+    Build, BuildPhaseType, EnvironmentVariable, ProjectSource, SortOrderType, SourceType,
+    StatusType,
 };
 use chrono::{DateTime, Utc};
 
@@ -73,7 +78,14 @@ pub struct CodeBuildConfig {
     /// seconds: the build sleeps it out in POST_BUILD, the cleanup sweep stops it after that.
     /// The embedded mode's `keep_workspace_seconds`.
     pub keep_seconds: u64,
+    /// The tasks directory: an S3 folder, `bucket/prefix/`, given to each build as the
+    /// secondary source [`TASKS_SOURCE_ID`]. `None`: task files come from the checkout only.
+    pub tasks_source: Option<String>,
 }
+
+/// The source identifier of the tasks directory; the build finds it in
+/// `$CODEBUILD_SRC_DIR_tasks`.
+pub const TASKS_SOURCE_ID: &str = "tasks";
 
 /// Runs tasks as CodeBuild builds and reads their logs from CloudWatch Logs.
 pub struct CodeBuildWorker {
@@ -235,6 +247,19 @@ impl WorkerBackend for CodeBuildWorker {
     async fn start(&self, spec: &TaskSpec) -> Result<WorkerHandle, PortError> {
         let mut plan = request::StartPlan::new(spec, &self.config)?;
         plan.env.extend(self.chain_env(spec).await?);
+        let tasks = match &self.config.tasks_source {
+            Some(location) => Some(vec![
+                ProjectSource::builder()
+                    .r#type(SourceType::S3)
+                    .location(location)
+                    .source_identifier(TASKS_SOURCE_ID)
+                    .build()
+                    .map_err(|e| {
+                        PortError::Permanent(format!("tasks directory source {location:?}: {e}"))
+                    })?,
+            ]),
+            None => None,
+        };
         let out = self
             .codebuild
             .start_build()
@@ -244,6 +269,7 @@ impl WorkerBackend for CodeBuildWorker {
             .buildspec_override(&self.config.buildspec)
             .idempotency_token(plan.idempotency_token)
             .set_environment_variables_override(Some(plan.env))
+            .set_secondary_sources_override(tasks)
             .send()
             .await
             .map_err(|e| sdk_error("StartBuild", e))?;

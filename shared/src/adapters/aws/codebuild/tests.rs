@@ -88,6 +88,7 @@ fn config() -> CodeBuildConfig {
         log_group: "/aws/codebuild/taskrunner-worker".into(),
         buildspec: RUNNER_BUILDSPEC.into(),
         keep_seconds: 1800,
+        tasks_source: None,
     }
 }
 
@@ -352,11 +353,37 @@ async fn start_keeps_the_build_for_kept_workers_and_clamps_the_timeout() {
     assert_eq!(input.timeout_in_minutes_override(), Some(90));
     assert_eq!(env_of(&input)["TASKRUNNER_KEEP_SECONDS"].1, "1800");
 
+    // No tasks directory configured: no secondary source.
+    assert!(input.secondary_sources_override().is_empty());
+
     // Without a keep, CodeBuild ends the build at the task's own timeout.
     worker.start(&spec("plain-1", "Small")).await.unwrap();
     let input = seen.lock().unwrap()[1].clone();
     assert_eq!(input.timeout_in_minutes_override(), Some(60));
     assert_eq!(env_of(&input)["TASKRUNNER_KEEP_SECONDS"].1, "0");
+}
+
+#[tokio::test]
+async fn the_tasks_directory_is_the_builds_secondary_source() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rule = capture_start(seen.clone());
+    let codebuild = mock_client!(aws_sdk_codebuild, RuleMode::MatchAny, &[&rule], no_retries);
+    let logs = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, &[]);
+    let worker = CodeBuildWorker::new(
+        codebuild,
+        logs,
+        CodeBuildConfig {
+            tasks_source: Some("taskrunner-tasks-123/tasks/".into()),
+            ..config()
+        },
+    );
+    worker.start(&spec("tasks-1", "Small")).await.unwrap();
+    let input = seen.lock().unwrap()[0].clone();
+    let sources = input.secondary_sources_override();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].r#type(), &SourceType::S3);
+    assert_eq!(sources[0].location(), Some("taskrunner-tasks-123/tasks/"));
+    assert_eq!(sources[0].source_identifier(), Some("tasks"));
 }
 
 #[test]
