@@ -80,8 +80,7 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
     match &end {
         Some(output) => {
             let mut body = callback_body(&input.task, &output.end(), tail);
-            body.children =
-                taskrunner::chain::children(&*embedded.engine, &input.task.task_id).await?;
+            body.children = taskrunner::chain::children(&*embedded.engine, &execution).await?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             match &output.callback {
                 Some(report) => eprintln!(

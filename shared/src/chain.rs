@@ -28,19 +28,25 @@ pub struct ChildRef {
 }
 
 /// Every execution whose task descends from `parent`, newest first; only running ones when
-/// `running_only`.
+/// `running_only`. Descendants start after their ancestor, so only executions started since
+/// the parent did are read: Step Functions lists executions newest first and cannot filter
+/// them by name, so this bounds the walk in the AWS mode.
 async fn descendants(
     orchestrator: &dyn Orchestrator,
-    parent: &TaskId,
+    parent: &ExecutionView,
     running_only: bool,
 ) -> Result<Vec<ExecutionView>, PortError> {
+    let since = parent.started_at;
+    let Ok(parent) = TaskId::parse(&parent.name) else {
+        return Ok(Vec::new());
+    };
     let mut found = Vec::new();
     let mut token = None;
     loop {
         let page = orchestrator
             .page(&PageQuery {
                 status: running_only.then_some(ExecutionStatus::Running),
-                since: None,
+                since: Some(since),
                 prefix: Some(parent.descendant_prefix()),
                 limit: PAGE,
                 token,
@@ -58,12 +64,12 @@ async fn descendants(
     }
 }
 
-/// The direct children of `parent`, in the order they were submitted.
+/// The direct children of the task `parent` (its execution), in the order they were submitted.
 pub async fn children(
     orchestrator: &dyn Orchestrator,
-    parent: &TaskId,
+    parent: &ExecutionView,
 ) -> Result<Vec<ChildRef>, PortError> {
-    let depth = parent.depth() + 1;
+    let depth = parent.name.matches('.').count() + 1;
     let mut children: Vec<ChildRef> = descendants(orchestrator, parent, false)
         .await?
         .iter()
@@ -77,11 +83,11 @@ pub async fn children(
     Ok(children)
 }
 
-/// The running descendants of `parent`, deepest first, so a cascade stops grandchildren
-/// before the children that wait for them.
+/// The running descendants of the task `parent` (its execution), deepest first, so a
+/// cascade stops grandchildren before the children that wait for them.
 pub async fn running_descendants(
     orchestrator: &dyn Orchestrator,
-    parent: &TaskId,
+    parent: &ExecutionView,
 ) -> Result<Vec<String>, PortError> {
     let mut ids: Vec<String> = descendants(orchestrator, parent, true)
         .await?
@@ -105,8 +111,11 @@ impl ChildIndex {
 
     /// The children of `parent`; none when no orchestrator is attached.
     pub async fn children(&self, parent: &TaskId) -> Result<Vec<ChildRef>, PortError> {
-        match self.0.get().and_then(Weak::upgrade) {
-            Some(orchestrator) => children(orchestrator.as_ref(), parent).await,
+        let Some(orchestrator) = self.0.get().and_then(Weak::upgrade) else {
+            return Ok(Vec::new());
+        };
+        match orchestrator.describe(parent.as_str()).await? {
+            Some(execution) => children(orchestrator.as_ref(), &execution).await,
             None => Ok(Vec::new()),
         }
     }

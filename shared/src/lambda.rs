@@ -102,7 +102,7 @@ impl AwsStack {
             aws_sdk_secretsmanager::Client::new(&sdk),
             settings.secret_prefix.clone(),
         ));
-        let worker: Arc<dyn WorkerBackend> = Arc::new(CodeBuildWorker::new(
+        let mut worker = CodeBuildWorker::new(
             aws_sdk_codebuild::Client::new(&sdk),
             aws_sdk_cloudwatchlogs::Client::new(&sdk),
             CodeBuildConfig {
@@ -114,7 +114,15 @@ impl AwsStack {
                 keep_seconds: config.keep_workspace_seconds,
                 tasks_source: settings.tasks_s3_location.clone(),
             },
-        ));
+        );
+        // Tasks reach the API through its public URL to start children (the submit function).
+        if let Some(url) = std::env::var("TASKRUNNER_TASK_API_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+        {
+            worker = worker.serve_tasks_at(url, Arc::clone(&secrets));
+        }
+        let worker: Arc<dyn WorkerBackend> = Arc::new(worker);
         let steps = Arc::new(Steps {
             config: Arc::clone(&config),
             secrets: Arc::clone(&secrets),

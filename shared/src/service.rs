@@ -195,7 +195,7 @@ impl TaskService {
             .await?
             .is_none()
         {
-            let count = crate::chain::children(self.orchestrator.as_ref(), parent)
+            let count = crate::chain::children(self.orchestrator.as_ref(), &execution)
                 .await?
                 .len();
             if count >= limits.max_children {
@@ -264,9 +264,7 @@ impl TaskService {
             .await?
             .ok_or_else(|| ApiError::not_found(task_id))?;
         let mut status = task_status(&execution);
-        if let Ok(id) = TaskId::parse(task_id) {
-            status.children = crate::chain::children(self.orchestrator.as_ref(), &id).await?;
-        }
+        status.children = crate::chain::children(self.orchestrator.as_ref(), &execution).await?;
         let between_polls = matches!(
             execution.current_state.as_deref(),
             Some("WaitForWorker" | "PollWorker" | "IsTaskDone")
@@ -344,7 +342,8 @@ impl TaskService {
         }
         // Descendants first, deepest first: each ends `cancelled` with its own callback, and
         // none is left running without the task that waits for it.
-        for descendant in crate::chain::running_descendants(self.orchestrator.as_ref(), &id).await?
+        for descendant in
+            crate::chain::running_descendants(self.orchestrator.as_ref(), &execution).await?
         {
             let Ok(child) = TaskId::parse(&descendant) else {
                 continue;

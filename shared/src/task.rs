@@ -306,6 +306,15 @@ pub fn callback_token_secret_name(task_id: &TaskId) -> String {
     format!("{CALLBACK_TOKEN_PREFIX}{task_id}")
 }
 
+/// Name of the secret-store entry a worker backend that cannot pipe values (CodeBuild)
+/// keeps a task's task token under while the task runs; deleted when the task finishes.
+pub fn task_token_secret_name(task_id: &TaskId) -> String {
+    format!("{TASK_TOKEN_PREFIX}{task_id}")
+}
+
+/// Prefix of the per-task task token entries in the secret store.
+pub const TASK_TOKEN_PREFIX: &str = "taskrunner-task-tokens/";
+
 /// Prefix of the per-task callback token entries in the secret store.
 pub const CALLBACK_TOKEN_PREFIX: &str = "taskrunner-callback-token/";
 

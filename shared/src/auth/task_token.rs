@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use crate::ports::{PortError, SecretStore};
 use crate::secret::Secret;
-use crate::task::TaskId;
+use crate::task::{TaskId, TaskSpec};
 
 /// Secret store entry holding the task-token signing key (hex).
 pub const TASK_TOKEN_KEY_SECRET: &str = "taskrunner-task-token/key";
@@ -121,6 +121,15 @@ impl TaskTokens {
         );
         let signature = URL_SAFE_NO_PAD.encode(Self::sign(key, &payload));
         Ok(Secret::new(format!("{payload}.{signature}")))
+    }
+
+    /// A token for the task `spec`, valid until its timeout (counted from now: the worker
+    /// mints it as it starts the task).
+    pub async fn mint_for(&self, spec: &TaskSpec) -> Result<Secret, PortError> {
+        let timeout = chrono::Duration::seconds(
+            i64::try_from(spec.timeout_seconds).unwrap_or(i64::MAX / 1000),
+        );
+        self.mint(&spec.task_id, Utc::now() + timeout).await
     }
 
     /// The claims of `presented`, if it is a token signed by this deployment and not expired.

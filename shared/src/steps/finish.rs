@@ -7,7 +7,7 @@ use crate::callback::{Delivery, DeliveryError};
 use crate::model::CallbackBody;
 use crate::ports::{LogTail, Outcome, TaskEnd, TaskPhase, TerminateReason};
 use crate::secret::Secret;
-use crate::task::{TaskSpec, callback_token_secret_name};
+use crate::task::{TaskSpec, callback_token_secret_name, task_token_secret_name};
 
 use super::{FinishInput, StepError, Steps, errors};
 
@@ -148,6 +148,15 @@ pub async fn finish_and_callback(
             .as_ref()
             .map(|run| run.submitted_at)
             .filter(|_| end.exit_code.is_some());
+    }
+    // A task token kept for a worker that could not be piped it (CodeBuild) goes now; the
+    // token itself is refused from now on anyway, the task having ended.
+    if let Err(err) = steps
+        .secrets
+        .delete(&task_token_secret_name(&task.task_id))
+        .await
+    {
+        tracing::warn!(error = %err, "the task's token entry could not be deleted; the token is refused anyway, its task having ended");
     }
     let mut body = callback_body(&task, &end, tail);
     body.children = steps

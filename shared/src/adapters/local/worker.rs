@@ -121,13 +121,7 @@ impl LocalWorker {
             return Ok((env, None));
         };
         env.insert("TASKRUNNER_API_URL".to_owned(), url.clone());
-        let timeout = chrono::Duration::seconds(
-            i64::try_from(spec.timeout_seconds).unwrap_or(i64::MAX / 1000),
-        );
-        let token = self
-            .tokens
-            .mint(&spec.task_id, Utc::now() + timeout)
-            .await?;
+        let token = self.tokens.mint_for(spec).await?;
         Ok((
             env,
             Some(TaskSecret {

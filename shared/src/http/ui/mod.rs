@@ -29,7 +29,6 @@ use tokio::sync::OnceCell;
 use crate::listing::{ListQuery, RawListQuery};
 use crate::secret::Secret;
 use crate::service::ApiError;
-use crate::task::TaskId;
 
 use super::tasks::{MAX_AFTER, log_tail, query_number};
 use super::{AppState, error_response};
@@ -299,14 +298,14 @@ async fn task_page(
         .as_ref()
         .and_then(|execution| execution.input.pointer("/task/parent_task_id"))
         .and_then(serde_json::Value::as_str);
-    let children = match TaskId::parse(&task_id) {
-        Ok(id) if execution.is_some() => {
-            match crate::chain::children(ui.app.service.orchestrator.as_ref(), &id).await {
+    let children = match &execution {
+        Some(execution) => {
+            match crate::chain::children(ui.app.service.orchestrator.as_ref(), execution).await {
                 Ok(children) => children,
                 Err(err) => return ApiError::from(err).into_response(),
             }
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let status = if execution.is_some() {
         StatusCode::OK
