@@ -175,7 +175,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
         let presented = header
-            .and_then(|header| header.strip_prefix("Bearer "))
+            .and_then(|header| {
+                header
+                    .strip_prefix("Bearer ")
+                    .or_else(|| header.strip_prefix("bearer "))
+            })
             .map(str::trim);
         match presented {
             Some(token) if TaskTokens::is_task_token(token) => {
