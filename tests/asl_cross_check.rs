@@ -91,6 +91,7 @@ impl World {
             clock: clock.clone(),
             callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
             gate: None,
+            children: Default::default(),
         });
         let input = json!({ "task": spec(&receiver.url, case.timeout_seconds) });
         Self {

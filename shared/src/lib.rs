@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod auth;
 pub mod callback;
+pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod embedded;

@@ -315,11 +315,19 @@ impl Orchestrator for Engine {
     }
 
     async fn history(&self, name: &str) -> Result<Vec<ExecutionEvent>, PortError> {
+        self.history_after(name, 0).await
+    }
+
+    async fn history_after(
+        &self,
+        name: &str,
+        after: usize,
+    ) -> Result<Vec<ExecutionEvent>, PortError> {
         let text =
             |detail: &Value, key: &str| detail.get(key).and_then(Value::as_str).map(str::to_owned);
         Ok(self
             .store
-            .history(name)
+            .history_after(name, u64::try_from(after).unwrap_or(u64::MAX))
             .await?
             .into_iter()
             .map(|event| ExecutionEvent {

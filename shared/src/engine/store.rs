@@ -637,14 +637,24 @@ impl Store {
 
     /// The history of `name`, in order.
     pub async fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
+        self.history_after(name, 0).await
+    }
+
+    /// The history of `name` past its `after`-th event, in order (the primary key serves it).
+    pub async fn history_after(
+        &self,
+        name: &str,
+        after: u64,
+    ) -> Result<Vec<HistoryEvent>, EngineError> {
         let name = name.to_owned();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = self
             .db
             .read(move |conn| {
                 conn.prepare_cached(
-                    "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 ORDER BY seq",
+                    "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 AND seq > ?2 ORDER BY seq",
                 )?
-                .query_map([&name], |row| {
+                .query_map(rusqlite::params![name, after], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, i64>(1)?,

@@ -6,7 +6,7 @@
 //! the repositories, runs the startup script and the task, masks secret values in the log,
 //! enforces the timeout, stops the task on SIGTERM, and writes `end.json`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -71,6 +71,10 @@ pub struct SupervisorInput {
     pub workspace: PathBuf,
     /// The task's log file.
     pub log_file: PathBuf,
+    /// Variables the deployment sets for every task (`TASKRUNNER_API_URL`, `PATH`); they
+    /// win over the inherited ones.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// The body of `taskrunner worker-supervise --dir DIR`: reads the [`SupervisorInput`] JSON
@@ -413,7 +417,8 @@ impl<'a> Supervisor<'a> {
             .env("HOME", &input.workspace)
             .env("TMPDIR", input.workspace.join(".tmp"))
             .env("PYTHONUNBUFFERED", "1")
-            .envs(&spec.env);
+            .envs(&spec.env)
+            .envs(&input.env);
         for secret in &input.task_secrets {
             command.env(&secret.env, secret.value.0.expose());
         }
