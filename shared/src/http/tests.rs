@@ -352,6 +352,12 @@ async fn bad_ids_and_query_numbers_answer_json_400s_naming_the_field() {
         let message = answer["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(field), "{path}: {message}");
     }
+    let (status, answer) = call(&harness, "GET", "/task-runner/%FF", Some(KEY), vec![]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"].as_str().unwrap().contains("task_id"),
+        "{answer}"
+    );
     let (status, answer) = call(&harness, "PUT", "/task-runner/t-1", Some(KEY), vec![]).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(
