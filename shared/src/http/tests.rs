@@ -274,6 +274,33 @@ async fn open_routes_need_no_key() {
     assert!(
         doc["components"]["schemas"]["CallbackBody"]["properties"]["logs_truncated"].is_object()
     );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["TaskRunnerRequest"]["properties"]["task_id"]["pattern"],
+        crate::http::TASK_ID_PATTERN
+    );
+    for strict in [
+        "TaskRunnerRequest",
+        "WorkerConfig",
+        "GitConfig",
+        "CallbackBody",
+    ] {
+        assert_eq!(schemas[strict]["additionalProperties"], false, "{strict}");
+    }
+    let paths = &doc["paths"];
+    for (path, method, code) in [
+        ("/task-runner/{task_id}", "delete", "400"),
+        ("/task-runner/{task_id}/logs", "get", "400"),
+        ("/task-runner/{task_id}/history", "get", "400"),
+        ("/sample-task-runner-callback", "post", "422"),
+        ("/ui/login", "post", "303"),
+        ("/task-runner", "get", "400"),
+    ] {
+        assert!(
+            paths[path][method]["responses"][code].is_object(),
+            "{method} {path} documents {code}"
+        );
+    }
 }
 
 #[tokio::test]
