@@ -9,6 +9,7 @@
 #   TASKRUNNER_KEEP_SECONDS   how long `keep` holds the worker after the task (0: not at all)
 #   TASKRUNNER_WORKSPACE      where repositories are cloned (default under CODEBUILD_SRC_DIR)
 #   TASKRUNNER_STATE_DIR      where the runner keeps its own files (default /tmp/taskrunner)
+#   CODEBUILD_SRC_DIR_tasks   the deployment's tasks directory, when the build has that source
 # Lines starting with "[taskrunner] " are read back by the CodeBuild backend.
 set -euo pipefail
 
@@ -133,10 +134,31 @@ without_tokens() {
     env "${unset_args[@]}" TASKRUNNER_WORKSPACE="$workspace" PYTHONUNBUFFERED=1 "$@"
 }
 
-# Sets `root`: the checkout of the first repository, where the task file is looked up.
+# Sets `root`, where the task file is and where it runs: the deployment's tasks directory
+# first (CodeBuild's secondary source "tasks", a copy of the S3 prefix), then the checkout of
+# the first repository. The same lookup, and the same error, as the embedded mode's worker.
 task_root() {
-    [[ "$git_count" -gt 0 ]] || fail "task file \"$task_file\" not found: no git_configs given, and CodeBuild workers have no tasks directory"
-    root="$workspace/$git_path_0"
+    local looked=()
+    local tasks_dir="${CODEBUILD_SRC_DIR_tasks:-}"
+    if [[ -n "$tasks_dir" ]]; then
+        if [[ -f "$tasks_dir/$task_file" ]]; then
+            root="$tasks_dir"
+            return 0
+        fi
+        looked+=("the tasks directory ($tasks_dir/$task_file)")
+    else
+        looked+=("the tasks directory (none configured)")
+    fi
+    if [[ "$git_count" -gt 0 ]]; then
+        if [[ -f "$workspace/$git_path_0/$task_file" ]]; then
+            root="$workspace/$git_path_0"
+            return 0
+        fi
+        looked+=("the checkout of git_configs[0] ($workspace/$git_path_0/$task_file)")
+    else
+        looked+=("a git checkout (no git_configs given)")
+    fi
+    fail "task file \"$task_file\" not found: looked in ${looked[0]} and in ${looked[1]}"
 }
 
 prepare() {
@@ -153,7 +175,6 @@ prepare() {
     fi
     local root
     task_root
-    [[ -f "$root/$task_file" ]] || fail "task file \"$task_file\" not found: looked in the checkout of git_configs[0] ($root/$task_file)"
     note "prepared"
 }
 

@@ -34,6 +34,8 @@ pub struct AwsSettings {
     pub codebuild_project: String,
     /// Its log group (`TASKRUNNER_CODEBUILD_LOG_GROUP`).
     pub codebuild_log_group: String,
+    /// The tasks directory, an S3 folder `bucket/prefix/` (`TASKRUNNER_TASKS_S3_LOCATION`).
+    pub tasks_s3_location: Option<String>,
 }
 
 impl AwsSettings {
@@ -50,7 +52,24 @@ impl AwsSettings {
             state_machine_arn: var("TASKRUNNER_STATE_MACHINE_ARN"),
             codebuild_project: required("TASKRUNNER_CODEBUILD_PROJECT")?,
             codebuild_log_group: required("TASKRUNNER_CODEBUILD_LOG_GROUP")?,
+            tasks_s3_location: var("TASKRUNNER_TASKS_S3_LOCATION")
+                .map(|location| tasks_location(&location))
+                .transpose()?,
         })
+    }
+}
+
+/// `bucket/prefix/` as CodeBuild wants an S3 folder source, from that or `s3://bucket/prefix`.
+fn tasks_location(value: &str) -> Result<String, String> {
+    let location = value.strip_prefix("s3://").unwrap_or(value);
+    match location.split_once('/') {
+        Some((bucket, _)) if !bucket.is_empty() => {
+            Ok(format!("{}/", location.trim_end_matches('/')))
+        }
+        _ => Err(format!(
+            "TASKRUNNER_TASKS_S3_LOCATION {value:?}: expected BUCKET/PREFIX/ (the S3 folder \
+             holding the tasks directory, e.g. my-bucket/tasks/)"
+        )),
     }
 }
 
@@ -83,7 +102,7 @@ impl AwsStack {
             aws_sdk_secretsmanager::Client::new(&sdk),
             settings.secret_prefix.clone(),
         ));
-        let worker: Arc<dyn WorkerBackend> = Arc::new(CodeBuildWorker::new(
+        let mut worker = CodeBuildWorker::new(
             aws_sdk_codebuild::Client::new(&sdk),
             aws_sdk_cloudwatchlogs::Client::new(&sdk),
             CodeBuildConfig {
@@ -93,8 +112,17 @@ impl AwsStack {
                 log_group: settings.codebuild_log_group.clone(),
                 buildspec: crate::adapters::aws::codebuild::RUNNER_BUILDSPEC.to_owned(),
                 keep_seconds: config.keep_workspace_seconds,
+                tasks_source: settings.tasks_s3_location.clone(),
             },
-        ));
+        );
+        // Tasks reach the API through its public URL to start children (the submit function).
+        if let Some(url) = std::env::var("TASKRUNNER_TASK_API_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+        {
+            worker = worker.serve_tasks_at(url, Arc::clone(&secrets));
+        }
+        let worker: Arc<dyn WorkerBackend> = Arc::new(worker);
         let steps = Arc::new(Steps {
             config: Arc::clone(&config),
             secrets: Arc::clone(&secrets),
@@ -102,6 +130,7 @@ impl AwsStack {
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
             gate: None,
+            children: Default::default(),
         });
         Ok(Self {
             config,

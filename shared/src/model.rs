@@ -196,6 +196,9 @@ pub struct CallbackBody {
     pub duration_seconds: Option<f64>,
     /// Whether earlier log output was left out.
     pub logs_truncated: bool,
+    /// The tasks this task started with its task token, and their statuses at its end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::chain::ChildRef>,
 }
 
 /// What the original's sample receiver answers (`TaskRunnerCallbackResponse`).

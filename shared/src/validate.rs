@@ -220,7 +220,7 @@ fn decode_startup_script(value: &Value) -> Result<Value, RequestError> {
 fn validate(request: TaskRunnerRequest, rules: &Rules<'_>) -> Result<Accepted, RequestError> {
     let config = rules.config;
     let task_id =
-        TaskId::parse(&request.task_id).map_err(|why| RequestError::field("task_id", why))?;
+        TaskId::parse_own(&request.task_id).map_err(|why| RequestError::field("task_id", why))?;
     let task_file = TaskFile::parse(&request.task_file_name).map_err(|why| {
         RequestError::field(
             "task_file_name",
@@ -402,6 +402,7 @@ fn validate(request: TaskRunnerRequest, rules: &Rules<'_>) -> Result<Accepted, R
         email: worker_config.email.filter(|email| !email.is_empty()),
         concurrency_key,
         cancel_in_progress,
+        parent_task_id: None,
     };
     Ok(Accepted {
         spec,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod asl_harness;
+pub mod aws_box;
 pub mod git_server;
 pub mod moto;
 pub mod receiver;

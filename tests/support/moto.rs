@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// A running moto server, killed when dropped.
 pub struct Moto {
-    child: Child,
+    _server: Server,
     /// Its endpoint URL.
     pub endpoint: String,
     /// The state machine created in it.
@@ -27,48 +27,7 @@ impl Moto {
     /// Starts moto (installing it from PyPI when `python3` cannot import it) and creates the
     /// deployment's resources.
     pub fn start() -> Self {
-        let importable = Command::new("python3")
-            .args(["-c", "import moto.server, boto3"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !importable {
-            let _ = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "moto[server]==5.2.5"])
-                .status();
-        }
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto: pip install 'moto[server]==5.2.5'");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            Duration::from_millis(200),
-        )
-        .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start on {endpoint}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (server, endpoint) = spawn(&[]);
         let setup = format!(
             r#"
 import boto3, json
@@ -93,7 +52,7 @@ print(arn)
             String::from_utf8_lossy(&output.stderr)
         );
         Self {
-            child,
+            _server: server,
             endpoint,
             state_machine_arn: String::from_utf8_lossy(&output.stdout).trim().to_owned(),
         }
@@ -137,9 +96,64 @@ print(boto3.client("codebuild", **kw).start_build(projectName="{PROJECT}")["buil
     }
 }
 
-impl Drop for Moto {
+/// The moto release the tests are written against (`.ci/run` installs the same).
+pub const MOTO_PIN: &str = "moto[server]==5.2.6";
+
+/// Starts `moto.server` on a free loopback port with `env` added (installing moto from PyPI
+/// when `python3` cannot import it) and waits until it answers; the child and its endpoint.
+pub fn spawn(env: &[(&str, &str)]) -> (Server, String) {
+    let importable = Command::new("python3")
+        .args(["-c", "import moto.server, boto3, yaml"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !importable {
+        let _ = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", MOTO_PIN])
+            .status();
+    }
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("moto: {err}; pip install '{MOTO_PIN}'"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_millis(200),
+    )
+    .is_err()
+    {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("moto did not start on {endpoint}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Server(child), endpoint)
+}
+
+/// A moto process, killed when dropped.
+pub struct Server(Child);
+
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

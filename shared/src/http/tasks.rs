@@ -14,12 +14,12 @@ use crate::listing::{ListQuery, RawListQuery};
 use crate::model::TaskRunnerResponse;
 use crate::service::{ApiError, HistoryEntry, TaskService};
 
-use super::{AppState, Authorized, error_response};
+use super::{AppState, Authorized, Caller, error_response};
 
 /// `POST /task-runner`: 202 with the task id and its status URL.
 pub async fn submit(
     State(state): State<Arc<AppState>>,
-    Authorized(key_name): Authorized,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -41,9 +41,20 @@ pub async fn submit(
             );
         }
     };
-    match state.service.submit(&body).await {
+    let submitted = match &caller {
+        Caller::ApiKey(_) => state.service.submit(&body).await,
+        Caller::Task(parent) => state.service.submit_child(&body, parent).await,
+    };
+    match submitted {
         Ok(submitted) => {
-            tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit");
+            match &caller {
+                Caller::ApiKey(key_name) => {
+                    tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit")
+                }
+                Caller::Task(parent) => {
+                    tracing::info!(task_id = %submitted.task_id, parent = %parent, existing = submitted.existing, "child submitted")
+                }
+            }
             let message = if submitted.existing {
                 "Task already accepted with this request; returning the existing task".to_owned()
             } else {
@@ -97,9 +108,12 @@ pub async fn list(
 /// `GET /task-runner/{task_id}`.
 pub async fn status(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.status(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),
@@ -128,10 +142,13 @@ pub struct HistoryQuery {
 /// `GET /task-runner/{task_id}/history?after=N`.
 pub async fn history(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     let after = match query_number(query, "after", |q| q.after, 0, MAX_AFTER) {
         Ok(after) => after.unwrap_or(0),
         Err(err) => return err.into_response(),
@@ -191,10 +208,13 @@ pub struct LogsResponse {
 /// `GET /task-runner/{task_id}/logs?max_bytes=N`.
 pub async fn logs(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     let max_bytes = match query_number(query, "max_bytes", |q| q.max_bytes, 1, MAX_LOG_BYTES) {
         Ok(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX),
         Ok(None) => state.service.config.log_tail_bytes,
@@ -219,9 +239,12 @@ pub(super) async fn log_tail(service: &TaskService, task_id: String, max_bytes: 
 /// `DELETE /task-runner/{task_id}`: cancel.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.cancel(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),

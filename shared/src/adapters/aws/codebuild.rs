@@ -13,26 +13,36 @@
 //! in the output, so the log tail we read from CloudWatch Logs is already masked. Masking is
 //! literal: a value the task transforms (base64, reversed) is not recognised.
 //!
-//! What this backend does not do: look the task file up in a deployment tasks directory
-//! (only the checkout of the first repository is searched), GPU sizes (the project's
-//! environment type is `LINUX_CONTAINER`), and idempotent start beyond CodeBuild's
-//! five-minute idempotency-token window.
+//! The deployment's tasks directory is an S3 prefix (`bucket/prefix/`, kept in sync with
+//! `aws s3 sync`), handed to every build as the secondary source `tasks`; CodeBuild copies it
+//! to `$CODEBUILD_SRC_DIR_tasks`, where the runner looks for the task file first, before
+//! the checkout of the first repository (the embedded mode's order).
+//!
+//! What this backend does not do: GPU sizes (the project's environment type is
+//! `LINUX_CONTAINER`), and idempotent start beyond CodeBuild's five-minute
+//! idempotency-token window.
 
 mod logs;
 mod phases;
 mod request;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use aws_sdk_codebuild::config::http::HttpResponse;
 use aws_sdk_codebuild::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_codebuild::types::{Build, BuildPhaseType, SortOrderType, StatusType};
+use aws_sdk_codebuild::types::{
+    Build, BuildPhaseType, EnvironmentVariable, ProjectSource, SortOrderType, SourceType,
+    StatusType,
+};
 use chrono::{DateTime, Utc};
 
+use crate::auth::task_token::TaskTokens;
 use crate::ports::{
-    LogTail, PortError, TaskPhase, TerminateReason, WorkerBackend, WorkerHandle, WorkerStatus,
-    WorkerSummary,
+    LogTail, PortError, SecretStore, TaskPhase, TerminateReason, WorkerBackend, WorkerHandle,
+    WorkerStatus, WorkerSummary,
 };
-use crate::task::{TaskId, TaskSpec};
+use crate::task::{TaskId, TaskSpec, task_token_secret_name};
 
 pub use request::{idempotency_token, timeout_minutes};
 
@@ -68,13 +78,28 @@ pub struct CodeBuildConfig {
     /// seconds: the build sleeps it out in POST_BUILD, the cleanup sweep stops it after that.
     /// The embedded mode's `keep_workspace_seconds`.
     pub keep_seconds: u64,
+    /// The tasks directory: an S3 folder, `bucket/prefix/`, given to each build as the
+    /// secondary source [`TASKS_SOURCE_ID`]. `None`: task files come from the checkout only.
+    pub tasks_source: Option<String>,
 }
+
+/// The source identifier of the tasks directory; the build finds it in
+/// `$CODEBUILD_SRC_DIR_tasks`.
+pub const TASKS_SOURCE_ID: &str = "tasks";
 
 /// Runs tasks as CodeBuild builds and reads their logs from CloudWatch Logs.
 pub struct CodeBuildWorker {
     codebuild: aws_sdk_codebuild::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
     config: CodeBuildConfig,
+    task_api: Option<TaskApi>,
+}
+
+/// Where builds reach the API, and where their task tokens are minted and kept.
+struct TaskApi {
+    url: String,
+    tokens: TaskTokens,
+    secrets: Arc<dyn SecretStore>,
 }
 
 /// The retry settings the AWS clients should be built with: the standard mode, which retries
@@ -94,7 +119,32 @@ impl CodeBuildWorker {
             codebuild,
             logs,
             config,
+            task_api: None,
         }
+    }
+
+    /// Builds started from now on reach the API at `url` (`TASKRUNNER_API_URL`) with a task
+    /// token, kept in `secrets` under [`task_token_secret_name`] and handed to the build as a
+    /// Secrets Manager reference, so its value is in neither the StartBuild request nor the
+    /// execution history.
+    pub fn serve_tasks_at(mut self, url: impl Into<String>, secrets: Arc<dyn SecretStore>) -> Self {
+        self.task_api = Some(TaskApi {
+            url: url.into(),
+            tokens: TaskTokens::new(Arc::clone(&secrets)),
+            secrets,
+        });
+        self
+    }
+
+    /// The chaining variables of `spec`'s build (none without [`Self::serve_tasks_at`]).
+    async fn chain_env(&self, spec: &TaskSpec) -> Result<Vec<EnvironmentVariable>, PortError> {
+        let Some(api) = &self.task_api else {
+            return Ok(Vec::new());
+        };
+        let token = api.tokens.mint_for(spec).await?;
+        let name = task_token_secret_name(&spec.task_id);
+        api.secrets.put(&name, &token).await?;
+        request::chain_environment(&api.url, &self.config.secret_prefix, &name)
     }
 
     /// The build behind `handle`: by id, or (for a `task:` handle) by searching the newest
@@ -195,7 +245,21 @@ fn empty_tail() -> LogTail {
 #[async_trait]
 impl WorkerBackend for CodeBuildWorker {
     async fn start(&self, spec: &TaskSpec) -> Result<WorkerHandle, PortError> {
-        let plan = request::StartPlan::new(spec, &self.config)?;
+        let mut plan = request::StartPlan::new(spec, &self.config)?;
+        plan.env.extend(self.chain_env(spec).await?);
+        let tasks = match &self.config.tasks_source {
+            Some(location) => Some(vec![
+                ProjectSource::builder()
+                    .r#type(SourceType::S3)
+                    .location(location)
+                    .source_identifier(TASKS_SOURCE_ID)
+                    .build()
+                    .map_err(|e| {
+                        PortError::Permanent(format!("tasks directory source {location:?}: {e}"))
+                    })?,
+            ]),
+            None => None,
+        };
         let out = self
             .codebuild
             .start_build()
@@ -205,6 +269,7 @@ impl WorkerBackend for CodeBuildWorker {
             .buildspec_override(&self.config.buildspec)
             .idempotency_token(plan.idempotency_token)
             .set_environment_variables_override(Some(plan.env))
+            .set_secondary_sources_override(tasks)
             .send()
             .await
             .map_err(|e| sdk_error("StartBuild", e))?;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How to get `moto_server` when it is missing.
-const INSTALL: &str = "pip install 'moto[server]==5.2.5'";
+const INSTALL: &str = "pip install 'moto[server]==5.2.6'";
 
 /// Installs moto once per test run when `python3` cannot import it.
 fn ensure_installed() {
@@ -26,7 +26,7 @@ fn ensure_installed() {
         };
         if !importable("moto.server") {
             let _ = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "moto[server]==5.2.5"])
+                .args(["-m", "pip", "install", "--quiet", "moto[server]==5.2.6"])
                 .stdout(Stdio::null())
                 .status();
         }

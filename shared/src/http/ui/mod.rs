@@ -294,6 +294,19 @@ async fn task_page(
         Err(err) => return ApiError::from(err).into_response(),
     };
     let summary = execution.as_ref().and_then(view::request_summary);
+    let parent = execution
+        .as_ref()
+        .and_then(|execution| execution.input.pointer("/task/parent_task_id"))
+        .and_then(serde_json::Value::as_str);
+    let children = match &execution {
+        Some(execution) => {
+            match crate::chain::children(ui.app.service.orchestrator.as_ref(), execution).await {
+                Ok(children) => children,
+                Err(err) => return ApiError::from(err).into_response(),
+            }
+        }
+        None => Vec::new(),
+    };
     let status = if execution.is_some() {
         StatusCode::OK
     } else {
@@ -306,6 +319,10 @@ async fn task_page(
             &task_id,
             summary.as_ref(),
             &ui.graph_svg,
+            &page::Family {
+                parent,
+                children: &children,
+            },
         ),
     )
 }

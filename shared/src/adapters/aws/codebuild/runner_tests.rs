@@ -277,3 +277,42 @@ fn a_missing_token_or_task_file_is_reported_before_the_task_runs() {
     let error = LogHints::parse(&text(&prepared)).error.unwrap();
     assert!(error.contains("\"jobs/absent.sh\" not found"), "{error}");
 }
+
+#[test]
+fn the_tasks_directory_comes_first_then_the_checkout_with_the_local_workers_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path());
+    let tasks = tmp.path().join("tasks-source");
+    std::fs::create_dir_all(tasks.join("jobs")).unwrap();
+    std::fs::write(
+        tasks.join("jobs/task.py"),
+        "import os\nprint('from the tasks directory in', os.path.basename(os.getcwd()))\n",
+    )
+    .unwrap();
+    let mut worker = Worker::new(tmp.path(), spec(format!("file://{}", repo.display())));
+    worker.set("CODEBUILD_SRC_DIR_tasks", &tasks.display().to_string());
+    assert!(worker.phase("prepare").status.success());
+    let ran = text(&worker.phase("run"));
+    assert!(
+        ran.contains("from the tasks directory in tasks-source"),
+        "{ran}"
+    );
+
+    // Not in the tasks directory: the checkout's copy runs.
+    std::fs::remove_file(tasks.join("jobs/task.py")).unwrap();
+    let ran = text(&worker.phase("run"));
+    assert!(ran.contains("task ran in app"), "{ran}");
+
+    // In neither: the embedded worker's message, naming both places.
+    worker.spec.task_file = TaskFile::parse("jobs/absent.sh").unwrap();
+    let error = LogHints::parse(&text(&worker.phase("run"))).error.unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "task file \"jobs/absent.sh\" not found: looked in the tasks directory ({}/jobs/absent.sh) \
+             and in the checkout of git_configs[0] ({}/ws/app/jobs/absent.sh)",
+            tasks.display(),
+            tmp.path().display()
+        )
+    );
+}

@@ -76,6 +76,7 @@ fn spec(task_id: &str, size: &str) -> TaskSpec {
         email: None,
         concurrency_key: None,
         cancel_in_progress: false,
+        parent_task_id: None,
     }
 }
 
@@ -87,6 +88,7 @@ fn config() -> CodeBuildConfig {
         log_group: "/aws/codebuild/taskrunner-worker".into(),
         buildspec: RUNNER_BUILDSPEC.into(),
         keep_seconds: 1800,
+        tasks_source: None,
     }
 }
 
@@ -286,6 +288,51 @@ async fn start_builds_the_request_from_the_size_table_and_secret_names() {
 }
 
 #[tokio::test]
+async fn a_task_token_reaches_the_build_as_a_secrets_manager_reference_only() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rule = capture_start(seen.clone());
+    let secrets: Arc<dyn crate::ports::SecretStore> =
+        Arc::new(crate::adapters::memory::MemorySecretStore::default());
+    let worker =
+        worker(&[&rule], &[]).serve_tasks_at("https://api.example.com", Arc::clone(&secrets));
+    worker
+        .start(&spec("deploy-1.train", "Small"))
+        .await
+        .unwrap();
+
+    let input = seen.lock().unwrap().remove(0);
+    let env = env_of(&input);
+    assert_eq!(
+        env["TASKRUNNER_API_URL"],
+        (
+            EnvironmentVariableType::Plaintext,
+            "https://api.example.com".to_owned()
+        )
+    );
+    assert_eq!(
+        env["TASKRUNNER_TASK_TOKEN"],
+        (
+            EnvironmentVariableType::SecretsManager,
+            "taskrunner/taskrunner-task-tokens/deploy-1.train".to_owned()
+        )
+    );
+    let token = secrets
+        .get("taskrunner-task-tokens/deploy-1.train")
+        .await
+        .unwrap()
+        .expect("the token is kept for the build to read");
+    let claims = crate::auth::task_token::TaskTokens::new(Arc::clone(&secrets))
+        .verify(token.expose(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claims.task_id.as_str(), "deploy-1.train");
+    assert!(
+        !format!("{input:?}").contains(token.expose()),
+        "the StartBuild request never holds the token"
+    );
+}
+
+#[tokio::test]
 async fn start_keeps_the_build_for_kept_workers_and_clamps_the_timeout() {
     assert_eq!(timeout_minutes(0), 5);
     assert_eq!(timeout_minutes(60), 5);
@@ -306,11 +353,37 @@ async fn start_keeps_the_build_for_kept_workers_and_clamps_the_timeout() {
     assert_eq!(input.timeout_in_minutes_override(), Some(90));
     assert_eq!(env_of(&input)["TASKRUNNER_KEEP_SECONDS"].1, "1800");
 
+    // No tasks directory configured: no secondary source.
+    assert!(input.secondary_sources_override().is_empty());
+
     // Without a keep, CodeBuild ends the build at the task's own timeout.
     worker.start(&spec("plain-1", "Small")).await.unwrap();
     let input = seen.lock().unwrap()[1].clone();
     assert_eq!(input.timeout_in_minutes_override(), Some(60));
     assert_eq!(env_of(&input)["TASKRUNNER_KEEP_SECONDS"].1, "0");
+}
+
+#[tokio::test]
+async fn the_tasks_directory_is_the_builds_secondary_source() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rule = capture_start(seen.clone());
+    let codebuild = mock_client!(aws_sdk_codebuild, RuleMode::MatchAny, &[&rule], no_retries);
+    let logs = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, &[]);
+    let worker = CodeBuildWorker::new(
+        codebuild,
+        logs,
+        CodeBuildConfig {
+            tasks_source: Some("taskrunner-tasks-123/tasks/".into()),
+            ..config()
+        },
+    );
+    worker.start(&spec("tasks-1", "Small")).await.unwrap();
+    let input = seen.lock().unwrap()[0].clone();
+    let sources = input.secondary_sources_override();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].r#type(), &SourceType::S3);
+    assert_eq!(sources[0].location(), Some("taskrunner-tasks-123/tasks/"));
+    assert_eq!(sources[0].source_identifier(), Some("tasks"));
 }
 
 #[test]

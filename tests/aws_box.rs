@@ -1,0 +1,289 @@
+//! The whole AWS path on this machine: the original client's request through an API Gateway
+//! v2 event to the real `api` binary, the real state machine executed by moto's Step
+//! Functions interpreter, whose Task states invoke the real `submit`, `poll-worker` and
+//! `finish-and-callback` binaries, a CodeBuild stand-in running the real runner buildspec
+//! (clone with the token from Secrets Manager, run the task, logs to CloudWatch Logs), and
+//! the callback at a receiver. Waits are moto's real time: the test prints how long it took.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::aws_box::{API_KEY, AwsBox};
+use support::git_server::{GitServer, create_repository};
+use support::receiver::Receiver;
+
+/// The git token, also the canary that must never show up outside the worker's environment.
+const CANARY: &str = "canary-gh-token-93f1c2";
+/// The original client's repository (README: "A request exactly as the original app's clients send it").
+const ORIGIN: &str = "https://github.com/your-org/";
+/// Long enough for moto's real-time waits, a clone and a poll cycle on two busy cores.
+const TASK_TIMEOUT: Duration = Duration::from_secs(150);
+
+struct Scene {
+    aws: AwsBox,
+    receiver: Receiver,
+    http: reqwest::Client,
+    _git_root: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn start() -> Self {
+        let git_root = tempfile::tempdir().unwrap();
+        create_repository(
+            git_root.path(),
+            "your-model-repo",
+            &[
+                (
+                    "deployer_task.py",
+                    "import os\nprint('deploying', os.environ['MODEL_NAME'], 'from', os.environ['PREFIX'])\n\
+                     print('git secret reached the task:', len(os.environ.get('MY_GIT_SECRET', '')) > 0)\n",
+                ),
+                (
+                    "fail.sh",
+                    "echo 'about to fail'\necho 'bad things' >&2\nexit 3\n",
+                ),
+                ("sleep.sh", "echo started\nsleep 300\necho slept\n"),
+            ],
+        );
+        let git = GitServer::start(git_root.path(), CANARY).await;
+        // The workers' network: github.com/your-org is this machine's git server.
+        let gitconfig = format!("[url \"{}/\"]\n\tinsteadOf = {ORIGIN}\n", git.url);
+        let binaries = Path::new(env!("CARGO_BIN_EXE_taskrunner"))
+            .parent()
+            .unwrap();
+        let aws = AwsBox::start(
+            binaries,
+            &gitconfig,
+            &[
+                ("TASKRUNNER_POLL_MIN_SECONDS", "2"),
+                ("TASKRUNNER_KEEP_WORKSPACE_SECONDS", "3"),
+            ],
+        )
+        .await;
+        aws.create_secret("MY_GIT_SECRET", CANARY).await;
+        aws.put_task(
+            "ci/report.sh",
+            "echo \"report from the tasks directory, in $(basename \"$PWD\")\"\n",
+        )
+        .await;
+        Self {
+            aws,
+            receiver: Receiver::start(vec![]).await,
+            http: reqwest::Client::new(),
+            _git_root: git_root,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("{}{path}", self.aws.api_url),
+            )
+            .bearer_auth(API_KEY);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn callback(&self, task_id: &str) -> Value {
+        support::eventually(
+            TASK_TIMEOUT,
+            &format!("the callback of {task_id}"),
+            async || {
+                self.receiver
+                    .received()
+                    .iter()
+                    .map(|r| r.json())
+                    .find(|body| body["task_id"] == task_id)
+            },
+        )
+        .await
+    }
+
+    async fn status_is(&self, task_id: &str, wanted: &str) {
+        support::eventually(TASK_TIMEOUT, &format!("{task_id} {wanted}"), async || {
+            let (_, status) = self
+                .call("GET", &format!("/task-runner/{task_id}"), None)
+                .await;
+            (status["status"] == wanted).then_some(())
+        })
+        .await;
+    }
+}
+
+fn request(task_id: &str, task_file: &str, callback_url: &str) -> Value {
+    json!({
+        "task_id": task_id,
+        "task_file_name": task_file,
+        "worker_config": {
+            "worker_size": "X-Small",
+            "git_configs": [{"remote_url": format!("{ORIGIN}your-model-repo.git"), "secret_name": "MY_GIT_SECRET"}]
+        },
+        "callback_url": callback_url,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
+    let started = Instant::now();
+    let scene = Scene::start().await;
+    let callback_url = scene.receiver.url.clone();
+
+    // The original notebook's exact body, with the callback pointed at this machine.
+    let mut original: Value =
+        serde_json::from_str(include_str!("../examples/original-client.json")).unwrap();
+    original["callback_url"] = json!(callback_url);
+    let (status, answer) = scene.call("POST", "/task-runner/", Some(&original)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["task_id"], "model-deployment-task-1", "{answer}");
+
+    let failing = request("box-fail-1", "fail.sh", &callback_url);
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&failing)).await;
+    assert_eq!(status, 202, "{answer}");
+    // No git_configs: the task file comes from the deployment's tasks directory (S3).
+    let from_tasks = json!({"task_id": "box-tasks-dir-1", "task_file_name": "ci/report.sh",
+        "worker_config": {"worker_size": "Small"}, "callback_url": callback_url});
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&from_tasks)).await;
+    assert_eq!(status, 202, "{answer}");
+    let missing = request("box-missing-1", "ci/absent.sh", &callback_url);
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&missing)).await;
+    assert_eq!(status, 202, "{answer}");
+    let cancelled = request("box-cancel-1", "sleep.sh", &callback_url);
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&cancelled)).await;
+    assert_eq!(status, 202, "{answer}");
+
+    scene.status_is("box-cancel-1", "running").await;
+    support::eventually(TASK_TIMEOUT, "box-cancel-1's first line", async || {
+        let (_, tail) = scene
+            .call("GET", "/task-runner/box-cancel-1/logs", None)
+            .await;
+        tail.to_string().contains("started").then_some(())
+    })
+    .await;
+    let (status, answer) = scene
+        .call("DELETE", "/task-runner/box-cancel-1", None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let ok = scene.callback("model-deployment-task-1").await;
+    assert_eq!(ok["success"], true, "{ok}");
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+    assert_eq!(ok["task_name"], "deployer_task.py", "{ok}");
+    let logs = ok["logs"].as_str().unwrap();
+    assert!(
+        logs.contains("deploying sample-model from models"),
+        "{logs}"
+    );
+    assert!(logs.contains("git secret reached the task: True"), "{logs}");
+
+    let failed = scene.callback("box-fail-1").await;
+    assert_eq!(failed["success"], false, "{failed}");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["exit_code"], 3, "{failed}");
+    assert!(
+        failed["logs"].as_str().unwrap().contains("about to fail"),
+        "{failed}"
+    );
+
+    let stopped = scene.callback("box-cancel-1").await;
+    assert_eq!(stopped["success"], false, "{stopped}");
+    assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    assert!(
+        stopped["logs"].as_str().unwrap().contains("started"),
+        "{stopped}"
+    );
+
+    let report = scene.callback("box-tasks-dir-1").await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert!(
+        report["logs"]
+            .as_str()
+            .unwrap()
+            .contains("report from the tasks directory, in tasks"),
+        "{report}"
+    );
+    // In neither place: the embedded worker's message, naming both.
+    let absent = scene.callback("box-missing-1").await;
+    assert_eq!(absent["status"], "error", "{absent}");
+    let (_, state) = scene.call("GET", "/task-runner/box-missing-1", None).await;
+    let reason = state["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("task file \"ci/absent.sh\" not found: looked in the tasks directory (")
+            && reason.contains("and in the checkout of git_configs[0] ("),
+        "{state}"
+    );
+
+    // The real definition ran: submit, at least one poll, then the callback step.
+    let states = scene.aws.states_entered("model-deployment-task-1").await;
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("Submit"),
+        "{states:?}"
+    );
+    assert!(states.iter().any(|s| s == "PollWorker"), "{states:?}");
+    assert_eq!(
+        &states[states.len() - 2..],
+        ["FinishAndCallback", "Done"],
+        "{states:?}"
+    );
+
+    let (status, state) = scene
+        .call("GET", "/task-runner/model-deployment-task-1", None)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["status"], "succeeded", "{state}");
+    let (status, tail) = scene
+        .call("GET", "/task-runner/model-deployment-task-1/logs", None)
+        .await;
+    assert_eq!(status, 200, "{tail}");
+
+    // The canary (git token and task secret) is nowhere but in the worker's environment.
+    let mut seen = vec![
+        ("API answers".to_owned(), format!("{state}{tail}")),
+        ("worker logs".to_owned(), scene.aws.worker_logs().await),
+    ];
+    for task_id in [
+        "model-deployment-task-1",
+        "box-fail-1",
+        "box-cancel-1",
+        "box-tasks-dir-1",
+        "box-missing-1",
+    ] {
+        seen.push((
+            format!("execution history of {task_id}"),
+            scene.aws.history(task_id).await.to_string(),
+        ));
+    }
+    for received in scene.receiver.received() {
+        seen.push((
+            "a callback".to_owned(),
+            format!(
+                "{:?}{}",
+                received.headers,
+                String::from_utf8_lossy(&received.body)
+            ),
+        ));
+    }
+    seen.extend(scene.aws.function_logs());
+    for (place, text) in &seen {
+        assert!(!text.contains(CANARY), "the secret leaked into {place}");
+    }
+    assert!(
+        seen[1].1.contains("deploying sample-model"),
+        "worker logs: {}",
+        seen[1].1
+    );
+
+    println!(
+        "aws_box: five tasks through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

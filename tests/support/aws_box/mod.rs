@@ -1,0 +1,415 @@
+//! The AWS deployment on this machine: `moto_server` runs the real
+//! `infra/state-machine.asl.json` (its Step Functions interpreter) and holds Secrets Manager,
+//! CloudWatch Logs and the executions; its Lambda calls go to `MOTO_PORT`, which is the
+//! "front" here: it runs the real function binaries behind the Lambda Invoke API
+//! ([`lambda`]), answers CodeBuild ([`codebuild`]) and passes everything else to moto. An
+//! HTTP API stand-in ([`gateway`]) turns plain HTTP requests into API Gateway v2 events for
+//! the `api` function, as the template's `$default` route does.
+
+pub mod codebuild;
+pub mod gateway;
+pub mod lambda;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use codebuild::{CodeBuild, aws_json};
+use lambda::Function;
+
+/// The functions of `template.yaml`, by binary name.
+pub const FUNCTIONS: &[&str] = &[
+    "api",
+    "submit",
+    "poll-worker",
+    "finish-and-callback",
+    "cleanup",
+];
+/// The CodeBuild project and its log group, as the template names them in the functions' env.
+pub const PROJECT: &str = "taskrunner-workers";
+/// The workers' log group.
+pub const LOG_GROUP: &str = "/taskrunner/workers";
+/// The API key the deployment's `api-key` secret holds.
+pub const API_KEY: &str = "box-api-key";
+/// The bucket of the tasks directory (the template's `TasksBucket`); tasks under `tasks/`.
+pub const TASKS_BUCKET: &str = "taskrunner-tasks";
+/// Secrets Manager name prefix (the template's `SecretPrefix` default).
+pub const SECRET_PREFIX: &str = "taskrunner/";
+
+/// A running box; everything stops when it is dropped.
+pub struct AwsBox {
+    _moto: super::moto::Server,
+    /// moto's own endpoint (for the test's direct reads).
+    pub moto_url: String,
+    /// The front (`AWS_ENDPOINT_URL` of the functions).
+    pub front_url: String,
+    /// The HTTP API's base URL.
+    pub api_url: String,
+    /// The state machine running the real ASL.
+    pub state_machine_arn: String,
+    /// The CodeBuild stand-in.
+    pub codebuild: Arc<CodeBuild>,
+    functions: HashMap<String, Arc<Function>>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+struct Front {
+    moto: String,
+    http: reqwest::Client,
+    codebuild: Arc<CodeBuild>,
+    functions: HashMap<String, Arc<Function>>,
+}
+
+impl AwsBox {
+    /// Starts moto, the front and the HTTP API, and creates the deployment's resources.
+    /// `binaries` holds the function binaries; `gitconfig` goes to each build's `$HOME`.
+    pub async fn start(binaries: &Path, gitconfig: &str, extra_env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let front_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_url = format!("http://{}", front_listener.local_addr().unwrap());
+        let front_port = front_listener.local_addr().unwrap().port().to_string();
+        let (moto, moto_url) = super::moto::spawn(&[("MOTO_PORT", front_port.as_str())]);
+        let http = reqwest::Client::new();
+        let answer = http
+            .post(format!("{moto_url}/moto-api/config"))
+            .json(&json!({"stepfunctions": {"execute_state_machine": true}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "moto config: {answer:?}");
+
+        let state_machine_arn = create_state_machine(&http, &moto_url).await;
+        let (status, answer) = aws_json(
+            &http,
+            &moto_url,
+            "Logs_20140328.CreateLogGroup",
+            &json!({"logGroupName": LOG_GROUP}),
+        )
+        .await;
+        assert_eq!(status, 200, "CreateLogGroup: {answer}");
+
+        let codebuild = CodeBuild::new(&moto_url, &dir.path().join("builds"), LOG_GROUP, gitconfig);
+        let mut functions = HashMap::new();
+        for name in FUNCTIONS {
+            let binary = binaries.join(name);
+            assert!(
+                binary.exists(),
+                "{} is missing: build the functions first (`cargo build --workspace --bins`; \
+                 `cargo test --workspace` does it)",
+                binary.display()
+            );
+            let env = function_env(name, &front_url, &state_machine_arn, extra_env);
+            let log = dir.path().join(format!("{name}.log"));
+            functions.insert(
+                (*name).to_owned(),
+                Function::start(name, binary, env, log).await,
+            );
+        }
+        let front = Arc::new(Front {
+            moto: moto_url.clone(),
+            http: http.clone(),
+            codebuild: Arc::clone(&codebuild),
+            functions: functions.clone(),
+        });
+        let app = Router::new().fallback(serve_front).with_state(front);
+        tokio::spawn(async move { axum::serve(front_listener, app).await });
+        let api_url = gateway::start(Arc::clone(&functions["api"])).await;
+        let aws = Self {
+            _moto: moto,
+            moto_url,
+            front_url,
+            api_url,
+            state_machine_arn,
+            codebuild,
+            functions,
+            http,
+            _dir: dir,
+        };
+        aws.create_secret("api-key", API_KEY).await;
+        aws.s3_put(TASKS_BUCKET, None).await;
+        aws
+    }
+
+    /// Creates the secret `<prefix><name>` in Secrets Manager.
+    pub async fn create_secret(&self, name: &str, value: &str) {
+        let (status, answer) = aws_json(
+            &self.http,
+            &self.moto_url,
+            "secretsmanager.CreateSecret",
+            &json!({"Name": format!("{SECRET_PREFIX}{name}"), "SecretString": value}),
+        )
+        .await;
+        assert_eq!(status, 200, "CreateSecret: {answer}");
+    }
+
+    /// Puts a file into the tasks directory, as `aws s3 sync ./tasks s3://BUCKET/tasks/` does.
+    pub async fn put_task(&self, path: &str, text: &str) {
+        self.s3_put(&format!("{TASKS_BUCKET}/tasks/{path}"), Some(text))
+            .await;
+    }
+
+    /// Creates a bucket (`body` None) or an object.
+    async fn s3_put(&self, path: &str, body: Option<&str>) {
+        let answer = self
+            .http
+            .put(format!("{}/{path}", self.moto_url))
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20261206/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.unwrap_or_default().to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "PUT {path}: {answer:?}");
+    }
+
+    /// One Step Functions call to moto.
+    pub async fn sfn(&self, operation: &str, body: &Value) -> Value {
+        let (status, answer) = aws_json(
+            &self.http,
+            &self.moto_url,
+            &format!("AWSStepFunctions.{operation}"),
+            body,
+        )
+        .await;
+        assert_eq!(status, 200, "{operation}: {answer}");
+        answer
+    }
+
+    /// The full history of the task's execution.
+    pub async fn history(&self, task_id: &str) -> Value {
+        let arn = self
+            .state_machine_arn
+            .replace(":stateMachine:", ":execution:")
+            + ":"
+            + task_id;
+        self.sfn(
+            "GetExecutionHistory",
+            &json!({"executionArn": arn, "maxResults": 1000}),
+        )
+        .await
+    }
+
+    /// The states the task's execution entered, in order.
+    pub async fn states_entered(&self, task_id: &str) -> Vec<String> {
+        let history = self.history(task_id).await;
+        history["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["stateEnteredEventDetails"]["name"].as_str())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every line of every worker log stream in moto.
+    pub async fn worker_logs(&self) -> String {
+        let (_, streams) = aws_json(
+            &self.http,
+            &self.moto_url,
+            "Logs_20140328.DescribeLogStreams",
+            &json!({"logGroupName": LOG_GROUP}),
+        )
+        .await;
+        let mut text = String::new();
+        for stream in streams["logStreams"].as_array().into_iter().flatten() {
+            let (_, events) = aws_json(
+                &self.http,
+                &self.moto_url,
+                "Logs_20140328.GetLogEvents",
+                &json!({"logGroupName": LOG_GROUP, "logStreamName": stream["logStreamName"], "startFromHead": true}),
+            )
+            .await;
+            for event in events["events"].as_array().into_iter().flatten() {
+                text.push_str(event["message"].as_str().unwrap_or_default());
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// Everything the function processes wrote, by function.
+    pub fn function_logs(&self) -> Vec<(String, String)> {
+        let mut logs: Vec<(String, String)> = self
+            .functions
+            .iter()
+            .map(|(name, f)| (name.clone(), f.output()))
+            .collect();
+        logs.sort();
+        logs
+    }
+
+    /// Invokes a function directly, as EventBridge or the console would.
+    pub async fn invoke(&self, name: &str, event: Value) -> Value {
+        let answer = self.functions[name]
+            .invoke(Bytes::from(event.to_string()))
+            .await;
+        lambda::json(&answer)
+    }
+}
+
+impl Drop for AwsBox {
+    fn drop(&mut self) {
+        self.codebuild.stop_all();
+        for function in self.functions.values() {
+            function.stop();
+        }
+    }
+}
+
+/// The environment `template.yaml` gives `name`, pointed at the front, plus `extra`.
+fn function_env(
+    name: &str,
+    front: &str,
+    state_machine_arn: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT_URL", front.to_owned()),
+        ("TASKRUNNER_SECRET_PREFIX", SECRET_PREFIX.to_owned()),
+        ("TASKRUNNER_LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+        ("TASKRUNNER_CODEBUILD_PROJECT", PROJECT.to_owned()),
+        ("TASKRUNNER_CODEBUILD_LOG_GROUP", LOG_GROUP.to_owned()),
+        ("TASKRUNNER_CALLBACK_ALLOW_HOSTS", String::new()),
+        ("TASKRUNNER_CALLBACK_ALLOW_CIDRS", String::new()),
+        // The test's callback receiver is on loopback, over plain HTTP.
+        ("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", "true".to_owned()),
+        ("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", "false".to_owned()),
+        (
+            "TASKRUNNER_CALLBACK_SIGNING_SECRET_NAME",
+            "callback-signing".to_owned(),
+        ),
+    ];
+    match name {
+        "api" => {
+            env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
+            env.push(("TASKRUNNER_API_KEY_SECRET_NAME", "api-key".to_owned()));
+            env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
+        }
+        "submit" => {
+            env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
+            env.push((
+                "TASKRUNNER_TASKS_S3_LOCATION",
+                format!("{TASKS_BUCKET}/tasks/"),
+            ));
+        }
+        "cleanup" => {
+            env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
+        }
+        _ => {}
+    }
+    let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+/// Creates the state machine from the real ASL file, its Lambda ARNs substituted as
+/// `template.yaml`'s `DefinitionSubstitutions` do.
+async fn create_state_machine(http: &reqwest::Client, moto: &str) -> String {
+    let asl = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/state-machine.asl.json"),
+    )
+    .unwrap();
+    let arn = |name: &str| format!("arn:aws:lambda:us-east-1:123456789012:function:{name}");
+    let definition = asl
+        .replace("${SubmitFunctionArn}", &arn("submit"))
+        .replace("${PollWorkerFunctionArn}", &arn("poll-worker"))
+        .replace(
+            "${FinishAndCallbackFunctionArn}",
+            &arn("finish-and-callback"),
+        );
+    let (status, answer) = aws_json(
+        http,
+        moto,
+        "AWSStepFunctions.CreateStateMachine",
+        &json!({"name": "taskrunner", "definition": definition,
+                "roleArn": "arn:aws:iam::123456789012:role/taskrunner-states", "type": "STANDARD"}),
+    )
+    .await;
+    assert_eq!(status, 200, "CreateStateMachine: {answer}");
+    answer["stateMachineArn"].as_str().unwrap().to_owned()
+}
+
+async fn serve_front(State(front): State<Arc<Front>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path();
+    if let Some(name) = path
+        .strip_prefix("/2015-03-31/functions/")
+        .and_then(|rest| rest.strip_suffix("/invocations"))
+    {
+        let name = lambda::function_name(name);
+        let Some(function) = front.functions.get(&name) else {
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                [("x-amzn-errortype", "ResourceNotFoundException")],
+                json!({"Type": "User", "message": format!("Function not found: {name}")})
+                    .to_string(),
+            )
+                .into_response();
+        };
+        return lambda::invoke_response(function.invoke(body).await);
+    }
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if let Some(operation) = target.strip_prefix("CodeBuild_20161006.") {
+        let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (status, answer) = front.codebuild.call(operation, &input).await;
+        let mut headers = vec![("content-type", "application/x-amz-json-1.1".to_owned())];
+        if let Some(kind) = answer["__type"].as_str() {
+            headers.push(("x-amzn-errortype", kind.to_owned()));
+        }
+        let mut response = Response::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(name, value);
+        }
+        return response.body(Body::from(answer.to_string())).unwrap();
+    }
+    proxy(&front, parts, body).await
+}
+
+async fn proxy(front: &Front, parts: axum::http::request::Parts, body: Bytes) -> Response {
+    let url = format!(
+        "{}{}",
+        front.moto,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut request = front.http.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(err) => {
+            return (axum::http::StatusCode::BAD_GATEWAY, format!("moto: {err}")).into_response();
+        }
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != "transfer-encoding" && name != "content-length" && name != "connection" {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    response.body(Body::from(bytes)).unwrap()
+}
