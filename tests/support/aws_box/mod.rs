@@ -39,6 +39,8 @@ pub const LOG_GROUP: &str = "/taskrunner/workers";
 pub const API_KEY: &str = "box-api-key";
 /// The bucket of the tasks directory (the template's `TasksBucket`); tasks under `tasks/`.
 pub const TASKS_BUCKET: &str = "taskrunner-tasks";
+/// The task line's table (the template's `TaskLineTable`).
+pub const LINE_TABLE: &str = "taskrunner-line";
 /// Secrets Manager name prefix (the template's `SecretPrefix` default).
 pub const SECRET_PREFIX: &str = "taskrunner/";
 
@@ -94,8 +96,19 @@ impl AwsBox {
         )
         .await;
         assert_eq!(status, 200, "CreateLogGroup: {answer}");
+        let (status, answer) = aws_json(
+            &http,
+            &moto_url,
+            "DynamoDB_20120810.CreateTable",
+            &json!({"TableName": LINE_TABLE, "BillingMode": "PAY_PER_REQUEST",
+                    "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "CreateTable: {answer}");
 
         let codebuild = CodeBuild::new(&moto_url, &dir.path().join("builds"), LOG_GROUP, gitconfig);
+        let mut envs = template_env(&front_url, &state_machine_arn, extra_env);
         let mut functions = HashMap::new();
         for name in FUNCTIONS {
             let binary = binaries.join(name);
@@ -105,7 +118,7 @@ impl AwsBox {
                  `cargo test --workspace` does it)",
                 binary.display()
             );
-            let env = function_env(name, &front_url, &state_machine_arn, extra_env);
+            let env = envs.remove(*name).unwrap();
             let log = dir.path().join(format!("{name}.log"));
             functions.insert(
                 (*name).to_owned(),
@@ -184,16 +197,19 @@ impl AwsBox {
         answer
     }
 
-    /// The full history of the task's execution.
-    pub async fn history(&self, task_id: &str) -> Value {
-        let arn = self
-            .state_machine_arn
+    /// The ARN of the task's execution (named by its task id).
+    pub fn execution_arn(&self, task_id: &str) -> String {
+        self.state_machine_arn
             .replace(":stateMachine:", ":execution:")
             + ":"
-            + task_id;
+            + task_id
+    }
+
+    /// The full history of the task's execution.
+    pub async fn history(&self, task_id: &str) -> Value {
         self.sfn(
             "GetExecutionHistory",
-            &json!({"executionArn": arn, "maxResults": 1000}),
+            &json!({"executionArn": self.execution_arn(task_id), "maxResults": 1000}),
         )
         .await
     }
@@ -265,55 +281,122 @@ impl Drop for AwsBox {
     }
 }
 
-/// The environment `template.yaml` gives `name`, pointed at the front, plus `extra`.
-fn function_env(
-    name: &str,
+/// The event EventBridge sends the cleanup function on its schedule.
+pub fn scheduled_event() -> Value {
+    json!({
+        "version": "0", "id": "box-sweep", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": chrono::Utc::now().to_rfc3339(), "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/taskrunner-sweep"], "detail": {}
+    })
+}
+
+/// The environment `template.yaml` gives each function (by binary name), its `Globals` and
+/// its own `Environment`, with `!Ref`/`!Sub` resolved to this box's resources and the
+/// parameters' defaults; then the box's own settings (`AWS_ENDPOINT_URL`, a loopback
+/// callback receiver over HTTP) and `extra`.
+fn template_env(
     front: &str,
     state_machine_arn: &str,
     extra: &[(&str, &str)],
-) -> Vec<(String, String)> {
-    let mut env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", front.to_owned()),
-        ("TASKRUNNER_SECRET_PREFIX", SECRET_PREFIX.to_owned()),
-        ("TASKRUNNER_LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-        ("TASKRUNNER_CODEBUILD_PROJECT", PROJECT.to_owned()),
-        ("TASKRUNNER_CODEBUILD_LOG_GROUP", LOG_GROUP.to_owned()),
-        ("TASKRUNNER_CALLBACK_ALLOW_HOSTS", String::new()),
-        ("TASKRUNNER_CALLBACK_ALLOW_CIDRS", String::new()),
-        // The test's callback receiver is on loopback, over plain HTTP.
-        ("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", "true".to_owned()),
-        ("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", "false".to_owned()),
-        (
-            "TASKRUNNER_CALLBACK_SIGNING_SECRET_NAME",
-            "callback-signing".to_owned(),
-        ),
-    ];
-    match name {
-        "api" => {
-            env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
-            env.push(("TASKRUNNER_API_KEY_SECRET_NAME", "api-key".to_owned()));
-            env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
-        }
-        "submit" => {
-            env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
-            env.push((
-                "TASKRUNNER_TASKS_S3_LOCATION",
-                format!("{TASKS_BUCKET}/tasks/"),
-            ));
-        }
-        "cleanup" => {
-            env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
-        }
-        _ => {}
-    }
-    let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+) -> HashMap<String, Vec<(String, String)>> {
+    let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+    // CloudFormation's short tags become {"Ref": ...}, {"Fn::Sub": ...}.
+    let script = r#"
+import json, sys, yaml
+class Loader(yaml.SafeLoader):
+    pass
+def tag(name):
+    def construct(loader, node):
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_scalar(node)
+        else:
+            value = loader.construct_sequence(node)
+        return {("Ref" if name == "Ref" else "Fn::" + name): value}
+    return construct
+for name in ["Ref", "Sub", "GetAtt", "Join", "If", "Equals", "Select", "Split"]:
+    Loader.add_constructor("!" + name, tag(name))
+doc = yaml.load(open(sys.argv[1]), Loader=Loader)
+out = {"globals": doc["Globals"]["Function"]["Environment"]["Variables"],
+       "parameters": {k: v.get("Default") for k, v in doc["Parameters"].items()},
+       "functions": {}}
+for name, resource in doc["Resources"].items():
+    if resource["Type"] == "AWS::Serverless::Function":
+        binary = resource["Metadata"]["BuildProperties"]["Binary"]
+        env = resource["Properties"].get("Environment", {}).get("Variables", {})
+        out["functions"][binary] = env
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&template)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "reading template.yaml: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    env
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let resolve = |name: &str| -> String {
+        match name {
+            "TaskStateMachine" => state_machine_arn.to_owned(),
+            "WorkerProject" => PROJECT.to_owned(),
+            "WorkerLogGroup" => LOG_GROUP.to_owned(),
+            "TaskLineTable" => LINE_TABLE.to_owned(),
+            "TasksBucket" => TASKS_BUCKET.to_owned(),
+            parameter => match &doc["parameters"][parameter] {
+                Value::String(value) => value.clone(),
+                Value::Null => panic!("template.yaml: the box cannot resolve {name:?}"),
+                other => other.to_string(),
+            },
+        }
+    };
+    let value = |raw: &Value| -> String {
+        if let Some(name) = raw["Ref"].as_str() {
+            return resolve(name);
+        }
+        if let Some(text) = raw["Fn::Sub"].as_str() {
+            let mut text = text.to_owned();
+            while let Some(start) = text.find("${") {
+                let end = start + text[start..].find('}').unwrap();
+                let name = text[start + 2..end].to_owned();
+                text.replace_range(start..=end, &resolve(&name));
+            }
+            return text;
+        }
+        match raw {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        }
+    };
+    let mut all = HashMap::new();
+    for name in FUNCTIONS {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut set = |key: &str, raw: String| {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_owned(), raw));
+        };
+        for (key, raw) in doc["globals"].as_object().unwrap() {
+            set(key, value(raw));
+        }
+        let own = &doc["functions"][*name];
+        assert!(
+            own.is_object() || own.is_null(),
+            "template.yaml has no function {name}"
+        );
+        for (key, raw) in own.as_object().into_iter().flatten() {
+            set(key, value(raw));
+        }
+        set("AWS_ENDPOINT_URL", front.to_owned());
+        // The test's callback receiver is on loopback, over plain HTTP.
+        set("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", "true".to_owned());
+        set("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", "false".to_owned());
+        for (key, raw) in extra {
+            set(key, (*raw).to_owned());
+        }
+        all.insert((*name).to_owned(), env);
+    }
+    all
 }
 
 /// Creates the state machine from the real ASL file, its Lambda ARNs substituted as

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::secrets::open_db;
+use crate::adapters::line::{LineEntry, LineLimits, decide};
 use crate::ports::{Admission, ConcurrencyGate, PortError};
 
 /// The embedded mode's [`ConcurrencyGate`].
@@ -14,12 +15,6 @@ pub struct LocalGate {
     db: Mutex<Connection>,
     max_running: Option<usize>,
     per_key: usize,
-}
-
-struct Entry {
-    task_id: String,
-    key: Option<String>,
-    running: bool,
 }
 
 impl LocalGate {
@@ -52,42 +47,6 @@ impl LocalGate {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-
-    /// Decides, over the whole line in order, whether `task_id` may run now.
-    fn decide(&self, line: &[Entry], task_id: &str) -> Admission {
-        let running = |key: Option<&str>| {
-            line.iter()
-                .filter(|entry| entry.running && (key.is_none() || entry.key.as_deref() == key))
-                .count()
-        };
-        let mut total = running(None);
-        let mut per_key: std::collections::HashMap<Option<&str>, usize> = Default::default();
-        let mut ahead = 0;
-        for entry in line.iter().filter(|entry| !entry.running) {
-            let key = entry.key.as_deref();
-            let key_running = *per_key
-                .entry(key)
-                .or_insert_with(|| key.map_or(0, |k| running(Some(k))));
-            let room = self.max_running.is_none_or(|max| total < max)
-                && (key.is_none() || key_running < self.per_key);
-            if entry.task_id == task_id {
-                return if room {
-                    Admission::Admitted
-                } else {
-                    Admission::Queued { ahead }
-                };
-            }
-            if room {
-                // An earlier task would be admitted first: it takes the room it needs.
-                total += 1;
-                if key.is_some() {
-                    *per_key.entry(key).or_default() += 1;
-                }
-            }
-            ahead += 1;
-        }
-        Admission::Queued { ahead }
-    }
 }
 
 fn gate_error(err: rusqlite::Error) -> PortError {
@@ -117,13 +76,13 @@ impl ConcurrencyGate for LocalGate {
         if already == Some(true) {
             return Ok(Admission::Admitted);
         }
-        let line: Vec<Entry> = {
+        let line: Vec<LineEntry> = {
             let mut statement = tx
                 .prepare("SELECT task_id, key, running FROM line ORDER BY seq")
                 .map_err(gate_error)?;
             let rows = statement
                 .query_map([], |row| {
-                    Ok(Entry {
+                    Ok(LineEntry {
                         task_id: row.get(0)?,
                         key: row.get(1)?,
                         running: row.get(2)?,
@@ -132,7 +91,14 @@ impl ConcurrencyGate for LocalGate {
                 .map_err(gate_error)?;
             rows.collect::<Result<_, _>>().map_err(gate_error)?
         };
-        let admission = self.decide(&line, task_id);
+        let admission = decide(
+            &line,
+            task_id,
+            LineLimits {
+                max_running: self.max_running,
+                per_key: self.per_key,
+            },
+        );
         if admission == Admission::Admitted {
             tx.execute(
                 "UPDATE line SET running = 1 WHERE task_id = ?1",
