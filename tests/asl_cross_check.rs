@@ -91,6 +91,7 @@ impl World {
             clock: clock.clone(),
             callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
             gate: None,
+            children: Default::default(),
         });
         let input = json!({ "task": spec(&receiver.url, case.timeout_seconds) });
         Self {
@@ -177,6 +178,7 @@ async fn on_engine(case: &Case) -> Run {
     let view = engine.describe(TASK_ID).await.unwrap().unwrap();
     let states = engine
         .history(TASK_ID)
+        .await
         .unwrap()
         .into_iter()
         .filter(|event| event.event_type.ends_with("StateEntered"))

@@ -21,10 +21,16 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()
             .context("cannot build the HTTP client")?;
+        // Inside a task, the task's own token (scoped to its children) stands in for a key.
+        let key = args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("TASKRUNNER_TASK_TOKEN").ok())
+            .filter(|key| !key.is_empty());
         Ok(Self {
             http,
             base: args.api.trim_end_matches('/').to_owned(),
-            key: args.api_key.clone().filter(|key| !key.is_empty()),
+            key,
         })
     }
 
@@ -114,6 +120,7 @@ pub async fn submit(request: &Path, wait: bool, args: &ApiArgs) -> Result<ExitCo
 
 async fn wait_for_end(api: &Api, task_id: &str) -> Result<Value> {
     let mut delay = Duration::from_millis(250);
+    let mut shown = String::new();
     loop {
         let status = api
             .expect_ok(
@@ -122,6 +129,14 @@ async fn wait_for_end(api: &Api, task_id: &str) -> Result<Value> {
                 None,
             )
             .await?;
+        let word = status
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        if word != shown {
+            eprintln!("task {task_id}: {word}");
+            shown = word.to_owned();
+        }
         let delivered_or_none = status
             .get("callback")
             .map(|callback| {

@@ -239,6 +239,7 @@ fn main() -> ExitCode {
 }
 
 fn supervise(dir: &std::path::Path) -> ExitCode {
+    taskrunner::adapters::local::supervisor::enter_own_session();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

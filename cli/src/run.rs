@@ -5,7 +5,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use taskrunner::embedded::Embedded;
+use taskrunner::http::{AppState, router};
 use taskrunner::ports::{ExecutionStatus, Orchestrator, WorkerBackend};
 use taskrunner::status::task_status;
 use taskrunner::steps::{ExecutionInput, FinishOutput, callback_body};
@@ -29,6 +33,7 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
         }
     };
     let task_id = submitted.task_id;
+    let children_api = serve_children(&embedded).await?;
     let scheduler = embedded.start();
     let progress = Progress::new(&task_id);
     let execution = loop {
@@ -48,6 +53,7 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
     };
     progress.finish();
     scheduler.abort();
+    children_api.abort();
 
     let status = task_status(&execution);
     let input: ExecutionInput = serde_json::from_value(execution.input.clone())
@@ -73,7 +79,8 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
         });
     match &end {
         Some(output) => {
-            let body = callback_body(&input.task, &output.end(), tail);
+            let mut body = callback_body(&input.task, &output.end(), tail);
+            body.children = taskrunner::chain::children(&*embedded.engine, &execution).await?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             match &output.callback {
                 Some(report) => eprintln!(
@@ -104,6 +111,25 @@ pub async fn run(request: &Path, args: &EmbeddedArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// A loopback API for the run's task, so it can start children with its task token
+/// (`TASKRUNNER_API_URL`); no API key is accepted there. It stops when the run ends; children
+/// still running then go on under the next `taskrunner serve` on this data directory.
+async fn serve_children(embedded: &Embedded) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot open a loopback port for the task's children")?;
+    let url = crate::serve::task_api_url(listener.local_addr()?);
+    let state = Arc::new(AppState {
+        service: embedded.service.clone(),
+        api_keys: embedded.api_keys(None),
+        public_url: Some(url.clone()),
+    });
+    embedded.serve_tasks_at(url);
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, router(state)).await;
+    }))
 }
 
 /// Every `run` is a new run: when the request's `task_id` is already taken in this data

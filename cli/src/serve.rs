@@ -74,6 +74,7 @@ pub async fn serve(listen: Option<String>, args: &EmbeddedArgs) -> Result<ExitCo
         .trim_end_matches('/')
         .to_owned();
 
+    embedded.serve_tasks_at(task_api_url(address));
     let scheduler = embedded.start();
     let embedded = Arc::new(embedded);
     let sweeper = {
@@ -103,6 +104,19 @@ pub async fn serve(listen: Option<String>, args: &EmbeddedArgs) -> Result<ExitCo
     scheduler.abort();
     tracing::info!("stopped; running tasks go on and are picked up by the next `taskrunner serve`");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URL tasks reach this server at: the listening address, with a wildcard address
+/// (`0.0.0.0`, `::`) replaced by loopback.
+pub fn task_api_url(address: std::net::SocketAddr) -> String {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{address}")
 }
 
 async fn shutdown_signal() {

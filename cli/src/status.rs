@@ -110,6 +110,21 @@ fn render(status: &Value, history: &Value, now: DateTime<Utc>, colour: bool) -> 
     if let Some(reason) = status["reason"].as_str() {
         let _ = writeln!(out, "  {reason}");
     }
+    if let Some(parent) = status["parent_task_id"].as_str() {
+        let _ = writeln!(out, "  started by task {parent}");
+    }
+    let children: &[Value] = status["children"].as_array().map_or(&[], Vec::as_slice);
+    if !children.is_empty() {
+        out.push_str("\nCHILDREN\n");
+        for child in children {
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                child["task_id"].as_str().unwrap_or("-"),
+                child["status"].as_str().unwrap_or("-")
+            );
+        }
+    }
     out.push_str("\nHISTORY\n");
     for (index, event) in events.iter().enumerate() {
         let Some(at) = time(&event["timestamp"]) else {

@@ -126,6 +126,7 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
         clock: clock.clone(),
         callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
         gate: None,
+        children: Default::default(),
     });
     let engine = Engine::open(
         &dir.path().join("engine.db"),
@@ -145,6 +146,7 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
     let view = engine.describe("bench").await.unwrap().unwrap();
     let polls = engine
         .history("bench")
+        .await
         .unwrap()
         .iter()
         .filter(|event| {

@@ -3,6 +3,10 @@
 //! Keys look like `trk_<id>_<random>`. Only a SHA-256 of each key is kept, in the secret
 //! store under `taskrunner-api-key/<id>`, with the key's name; the key itself is shown once,
 //! at creation. `TASKRUNNER_API_KEY` adds one static key for development and CI.
+//!
+//! A running task authenticates with a [`task_token`] instead, scoped to its own children.
+
+pub mod task_token;
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::ports::{PortError, SecretStore};
 use crate::secret::Secret;
+use task_token::TaskTokens;
 
 /// Prefix of stored API key entries in the secret store.
 pub const API_KEY_PREFIX: &str = "taskrunner-api-key/";
@@ -48,16 +53,23 @@ pub struct ApiKeys {
     store: Arc<dyn SecretStore>,
     static_key: Option<Secret>,
     static_key_secret: Option<String>,
+    task_tokens: TaskTokens,
 }
 
 impl ApiKeys {
     /// Keys kept in `store`, plus `static_key` if given.
     pub fn new(store: Arc<dyn SecretStore>, static_key: Option<Secret>) -> Self {
         Self {
+            task_tokens: TaskTokens::new(Arc::clone(&store)),
             store,
             static_key: static_key.filter(|key| !key.expose().is_empty()),
             static_key_secret: None,
         }
+    }
+
+    /// The task tokens signed with this deployment's key (same store as the keys).
+    pub fn task_tokens(&self) -> &TaskTokens {
+        &self.task_tokens
     }
 
     /// Also accepts the key held by the secret `name` (read at each check, so a rotated

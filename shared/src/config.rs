@@ -193,6 +193,27 @@ impl WebhooksConfig {
     }
 }
 
+/// Task chaining: how deep children may nest and how many one task may start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainConfig {
+    /// Most levels of children under a task submitted with an API key (`chain.max_depth`,
+    /// `TASKRUNNER_CHAIN_MAX_DEPTH`).
+    pub max_depth: usize,
+    /// Most children one task may start (`chain.max_children`,
+    /// `TASKRUNNER_CHAIN_MAX_CHILDREN`).
+    pub max_children: usize,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 4,
+            max_children: 50,
+        }
+    }
+}
+
 /// Everything configurable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -231,6 +252,8 @@ pub struct Config {
     pub callback: CallbackConfig,
     /// Git-host webhooks.
     pub webhooks: WebhooksConfig,
+    /// Task chaining limits.
+    pub chain: ChainConfig,
 }
 
 impl Default for Config {
@@ -253,6 +276,7 @@ impl Default for Config {
             poll: PollConfig::default(),
             callback: CallbackConfig::default(),
             webhooks: WebhooksConfig::default(),
+            chain: ChainConfig::default(),
         }
     }
 }
@@ -353,6 +377,12 @@ impl Config {
         }
         if let Some(v) = get("TASKRUNNER_CALLBACK_REQUIRE_HTTPS") {
             self.callback.require_https = flag("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_CHAIN_MAX_DEPTH") {
+            self.chain.max_depth = number("TASKRUNNER_CHAIN_MAX_DEPTH", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_CHAIN_MAX_CHILDREN") {
+            self.chain.max_children = number("TASKRUNNER_CHAIN_MAX_CHILDREN", v)?;
         }
         Ok(())
     }

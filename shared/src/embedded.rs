@@ -13,9 +13,10 @@ use crate::adapters::local::secrets::LocalSecretStore;
 use crate::adapters::local::worker::{LocalWorker, LocalWorkerConfig};
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackPolicy, CallbackSender, check_callback_url};
+use crate::chain::ChildIndex;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::ports::{Clock, SecretStore};
+use crate::ports::{Clock, Orchestrator, SecretStore};
 use crate::secret::Secret;
 use crate::service::TaskService;
 use crate::steps::{self, CleanupReport, StepError, Steps};
@@ -134,6 +135,7 @@ impl Embedded {
                 )
                 .map_err(|err| err.to_string())?,
             )),
+            children: ChildIndex::default(),
         });
         let engine = Engine::open(
             &data_dir.join("engine.db"),
@@ -144,6 +146,8 @@ impl Embedded {
         )
         .map_err(|err| err.to_string())?;
         let _ = engine_slot.set(Arc::downgrade(&engine));
+        let orchestrator: Arc<dyn Orchestrator> = engine.clone();
+        steps.children.attach(&orchestrator);
 
         let service = TaskService {
             config: Arc::clone(&config),
@@ -173,6 +177,12 @@ impl Embedded {
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
         self.worker.reattach();
         self.engine.spawn_scheduler()
+    }
+
+    /// Tasks started from now on reach the API at `url` (a loopback URL of the server) and
+    /// get a task token to start children with.
+    pub fn serve_tasks_at(&self, url: impl Into<String>) {
+        self.worker.serve_tasks_at(url);
     }
 
     /// API keys: those stored, plus a static one.

@@ -108,7 +108,7 @@ impl AwsStack {
             aws_sdk_secretsmanager::Client::new(&sdk),
             settings.secret_prefix.clone(),
         ));
-        let worker: Arc<dyn WorkerBackend> = Arc::new(CodeBuildWorker::new(
+        let mut worker = CodeBuildWorker::new(
             aws_sdk_codebuild::Client::new(&sdk),
             aws_sdk_cloudwatchlogs::Client::new(&sdk),
             CodeBuildConfig {
@@ -120,7 +120,15 @@ impl AwsStack {
                 keep_seconds: config.keep_workspace_seconds,
                 tasks_source: settings.tasks_s3_location.clone(),
             },
-        ));
+        );
+        // Tasks reach the API through its public URL to start children (the submit function).
+        if let Some(url) = std::env::var("TASKRUNNER_TASK_API_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+        {
+            worker = worker.serve_tasks_at(url, Arc::clone(&secrets));
+        }
+        let worker: Arc<dyn WorkerBackend> = Arc::new(worker);
         let gate = settings.task_line_table.as_ref().map(|table| {
             Arc::new(DynamoDbGate::new(
                 aws_sdk_dynamodb::Client::new(&sdk),
@@ -138,6 +146,7 @@ impl AwsStack {
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
             gate,
+            children: Default::default(),
         });
         Ok(Self {
             config,

@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod auth;
 pub mod callback;
+pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod embedded;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod ports;
 pub mod secret;
 pub mod service;
+pub mod sqlite;
 pub mod status;
 pub mod steps;
 pub mod task;

@@ -106,16 +106,20 @@ impl ListQuery {
     /// Parses the query string; an error names the field and what it accepts.
     pub fn parse(raw: &RawListQuery) -> Result<Self, ApiError> {
         let bad = |message: String| ApiError::new(400, message);
-        let status = raw
-            .status
+        // An empty value is refused rather than read as absent: `?since=` is more likely a
+        // script's unset variable than a wish for everything.
+        let given = |field: &str, value: &Option<String>| match value.as_deref() {
+            Some("") => Err(bad(format!(
+                "{field}: must not be empty; give a value or leave the parameter out"
+            ))),
+            other => Ok(other.map(str::to_owned)),
+        };
+        let status = given("status", &raw.status)?
             .as_deref()
-            .filter(|s| !s.is_empty())
             .map(StatusFilter::parse)
             .transpose()?;
-        let since = raw
-            .since
+        let since = given("since", &raw.since)?
             .as_deref()
-            .filter(|s| !s.is_empty())
             .map(|text| {
                 DateTime::parse_from_rfc3339(text)
                     .map(|time| time.with_timezone(&Utc))
@@ -126,7 +130,7 @@ impl ListQuery {
                     })
             })
             .transpose()?;
-        let limit = match raw.limit.as_deref().filter(|s| !s.is_empty()) {
+        let limit = match given("limit", &raw.limit)?.as_deref() {
             None => DEFAULT_LIMIT,
             Some(text) => match text.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -137,10 +141,8 @@ impl ListQuery {
                 }
             },
         };
-        let token = raw
-            .cursor
+        let token = given("cursor", &raw.cursor)?
             .as_deref()
-            .filter(|s| !s.is_empty())
             .map(|cursor| {
                 URL_SAFE_NO_PAD
                     .decode(cursor)
@@ -285,6 +287,10 @@ mod tests {
             ("since", "yesterday"),
             ("status", "done"),
             ("cursor", "!!!"),
+            ("cursor", ""),
+            ("since", ""),
+            ("limit", ""),
+            ("status", ""),
         ] {
             let err = ListQuery::parse(&raw(field, value)).expect_err(value);
             assert_eq!(err.status, 400);

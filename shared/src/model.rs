@@ -18,8 +18,10 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct TaskRunnerRequest {
     /// Unique task id, 1-80 characters of `[A-Za-z0-9_-]`.
+    #[schemars(extend("pattern" = crate::http::TASK_ID_PATTERN))]
     pub task_id: String,
     /// The `.py` or `.sh` file to run, relative to the tasks directory or the first repository.
+    #[schemars(extend("pattern" = r"\.(py|sh)$"))]
     pub task_file_name: String,
     /// Worker size, repositories, environment and secrets.
     pub worker_config: WorkerConfig,
@@ -169,6 +171,7 @@ impl TaskRunnerResponse {
 
 /// The body POSTed to `callback_url`: one JSON object (never a string holding JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CallbackBody {
     /// The task file name (the original's `task_name`).
     pub task_name: String,
@@ -193,6 +196,9 @@ pub struct CallbackBody {
     pub duration_seconds: Option<f64>,
     /// Whether earlier log output was left out.
     pub logs_truncated: bool,
+    /// The tasks this task started with its task token, and their statuses at its end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::chain::ChildRef>,
 }
 
 /// What the original's sample receiver answers (`TaskRunnerCallbackResponse`).
@@ -202,4 +208,21 @@ pub struct CallbackReceipt {
     pub success: bool,
     /// `ok`.
     pub message: String,
+}
+
+/// Rewrites every integral float (`30.0`) as an integer, in place: JSON Schema counts `30.0`
+/// as an integer, serde's integer fields do not.
+pub fn integral_floats_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let Some(float) = number.as_f64() else { return };
+            // Only floats that are exactly a whole number within i64's range.
+            if float.fract() == 0.0 && float.abs() < 9.0e15 {
+                *value = Value::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }

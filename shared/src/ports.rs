@@ -306,6 +306,16 @@ pub trait Orchestrator: Send + Sync {
     async fn describe(&self, name: &str) -> Result<Option<ExecutionView>, PortError>;
     /// The history of the execution `name`, oldest first; empty when there is none.
     async fn history(&self, name: &str) -> Result<Vec<ExecutionEvent>, PortError>;
+    /// The history after its first `after` events, oldest first (what a poller has not seen).
+    async fn history_after(
+        &self,
+        name: &str,
+        after: usize,
+    ) -> Result<Vec<ExecutionEvent>, PortError> {
+        let mut events = self.history(name).await?;
+        events.drain(..after.min(events.len()));
+        Ok(events)
+    }
     /// Executions, newest first, at most `limit`, optionally only those with `status`.
     async fn list(
         &self,

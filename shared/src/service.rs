@@ -1,6 +1,7 @@
 //! The operations behind the API: submit, status, history, logs, cancel. The HTTP router and the
 //! CLI's `run` both call these, so the rules live in one place.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,8 +15,8 @@ use crate::ports::{
     TaskPhase, TerminateReason, WorkerBackend, WorkerHandle,
 };
 use crate::status::{TaskStatus, task_status};
-use crate::task::{TaskId, callback_token_secret_name};
-use crate::validate::{Rules, parse_request};
+use crate::task::{TaskId, TaskSpec, callback_token_secret_name};
+use crate::validate::{Accepted, Rules, parse_request};
 
 /// An operation's failure: an HTTP status and a message that says what to do.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +35,11 @@ impl ApiError {
             status,
             message: message.into(),
         }
+    }
+
+    /// A path's task id, or 400 naming the field: an id no task can have.
+    fn task_id(raw: &str) -> Result<TaskId, Self> {
+        TaskId::parse(raw).map_err(|why| Self::new(400, format!("task_id: {why}")))
     }
 
     fn not_found(task_id: &str) -> Self {
@@ -68,6 +74,8 @@ pub struct Submitted {
 /// One event of a task's state history, as `GET /task-runner/{task_id}/history` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
+    /// Its position in the history, from 1: ask for `?after=` this to get only newer events.
+    pub id: u64,
     /// When it happened.
     pub timestamp: DateTime<Utc>,
     /// Such as `TaskStateEntered`, `TaskFailed` or `ExecutionSucceeded`.
@@ -119,19 +127,92 @@ impl TaskService {
             .unwrap_or_else(|| self.worker.handle_for(id))
     }
 
+    fn parse(&self, body: &[u8]) -> Result<Accepted, ApiError> {
+        let rules = Rules {
+            config: &self.config,
+            allow_local_repositories: self.allow_local_repositories,
+            base_dir: &self.base_dir,
+            check_callback_url: &*self.check_callback_url,
+            concurrency_keys: self.concurrency_keys,
+        };
+        parse_request(body, &rules).map_err(|err| ApiError::new(err.status, err.message))
+    }
+
     /// Validates and starts a task. The same request again returns the existing task;
     /// another request under the same task id is a 409.
     pub async fn submit(&self, body: &[u8]) -> Result<Submitted, ApiError> {
-        let accepted = {
-            let rules = Rules {
-                config: &self.config,
-                allow_local_repositories: self.allow_local_repositories,
-                base_dir: &self.base_dir,
-                check_callback_url: &*self.check_callback_url,
-                concurrency_keys: self.concurrency_keys,
-            };
-            parse_request(body, &rules).map_err(|err| ApiError::new(err.status, err.message))?
-        };
+        let accepted = self.parse(body)?;
+        self.start(accepted).await
+    }
+
+    /// Validates and starts a child of the running task `parent` (a task token's submit).
+    /// The child's id is `PARENT.<its task_id>`; it may name only secrets the parent's
+    /// request named; the chain's depth and the parent's number of children are limited.
+    pub async fn submit_child(&self, body: &[u8], parent: &TaskId) -> Result<Submitted, ApiError> {
+        let mut accepted = self.parse(body)?;
+        let limits = &self.config.chain;
+        if parent.depth() + 1 > limits.max_depth {
+            return Err(ApiError::new(
+                429,
+                format!(
+                    "chain depth limit reached: task {parent} is {} level(s) below the task submitted with an API key, and children may nest at most {} deep; raise chain.max_depth (TASKRUNNER_CHAIN_MAX_DEPTH) to allow deeper chains",
+                    parent.depth(),
+                    limits.max_depth
+                ),
+            ));
+        }
+        let execution = self
+            .orchestrator
+            .describe(parent.as_str())
+            .await?
+            .ok_or_else(|| ApiError::not_found(parent.as_str()))?;
+        let parent_spec: TaskSpec = execution
+            .input
+            .get("task")
+            .cloned()
+            .and_then(|task| serde_json::from_value(task).ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    500,
+                    format!("task {parent}: its stored request is unreadable"),
+                )
+            })?;
+        let allowed: BTreeSet<&str> = secret_names(&parent_spec).collect();
+        if let Some(widened) = secret_names(&accepted.spec).find(|name| !allowed.contains(name)) {
+            return Err(ApiError::new(
+                403,
+                format!(
+                    "secret {widened:?}: the parent task {parent} did not name it in its request, and a child may use only secrets its parent was given; add it to the parent's worker_config (personal_secrets, shared_secrets or git_configs)"
+                ),
+            ));
+        }
+        let child_id = parent
+            .child(&accepted.spec.task_id)
+            .map_err(|why| ApiError::new(422, format!("task_id: {why}")))?;
+        if self
+            .orchestrator
+            .describe(child_id.as_str())
+            .await?
+            .is_none()
+        {
+            let count = crate::chain::children(self.orchestrator.as_ref(), &execution)
+                .await?
+                .len();
+            if count >= limits.max_children {
+                return Err(ApiError::new(
+                    429,
+                    format!(
+                        "children limit reached: task {parent} has started {count} children, the most one task may start; raise chain.max_children (TASKRUNNER_CHAIN_MAX_CHILDREN) to allow more"
+                    ),
+                ));
+            }
+        }
+        accepted.spec.task_id = child_id;
+        accepted.spec.parent_task_id = Some(parent.clone());
+        self.start(accepted).await
+    }
+
+    async fn start(&self, accepted: Accepted) -> Result<Submitted, ApiError> {
         let task_id = accepted.spec.task_id.to_string();
         let input = json!({ "task": accepted.spec });
         let conflict = || {
@@ -176,47 +257,52 @@ impl TaskService {
     /// The task's status. While the execution waits between polls, the worker is asked
     /// directly, so the status is live rather than as of the last poll.
     pub async fn status(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
+        let id = ApiError::task_id(task_id)?;
         let execution = self
             .orchestrator
             .describe(task_id)
             .await?
             .ok_or_else(|| ApiError::not_found(task_id))?;
         let mut status = task_status(&execution);
+        status.children = crate::chain::children(self.orchestrator.as_ref(), &execution).await?;
         let between_polls = matches!(
             execution.current_state.as_deref(),
             Some("WaitForWorker" | "PollWorker" | "IsTaskDone")
         );
         if execution.status == ExecutionStatus::Running && between_polls {
-            if let Ok(id) = TaskId::parse(task_id) {
-                if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
-                    status.status = match live.task {
-                        TaskPhase::Pending if status.status == "queued" => "queued",
-                        TaskPhase::Pending => "starting",
-                        TaskPhase::Preparing => "preparing",
-                        TaskPhase::Running { started_at } => {
-                            status.started_at = Some(started_at);
-                            "running"
-                        }
-                        TaskPhase::Ended(_) => "finishing",
+            if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
+                status.status = match live.task {
+                    TaskPhase::Pending if status.status == "queued" => "queued",
+                    TaskPhase::Pending => "starting",
+                    TaskPhase::Preparing => "preparing",
+                    TaskPhase::Running { started_at } => {
+                        status.started_at = Some(started_at);
+                        "running"
                     }
-                    .into();
+                    TaskPhase::Ended(_) => "finishing",
                 }
+                .into();
             }
         }
         Ok(status)
     }
 
-    /// The task's state history, oldest first: every state entered and left, and every
-    /// failure with its error and cause. Task results are left out.
-    pub async fn history(&self, task_id: &str) -> Result<Vec<HistoryEntry>, ApiError> {
+    /// The task's state history after its `after`-th event, oldest first: every state
+    /// entered and left, and every failure with its error and cause. Task results are left
+    /// out.
+    pub async fn history(&self, task_id: &str, after: u64) -> Result<Vec<HistoryEntry>, ApiError> {
+        ApiError::task_id(task_id)?;
         self.orchestrator
             .describe(task_id)
             .await?
             .ok_or_else(|| ApiError::not_found(task_id))?;
-        let events = self.orchestrator.history(task_id).await?;
+        let skipped = usize::try_from(after).unwrap_or(usize::MAX);
+        let events = self.orchestrator.history_after(task_id, skipped).await?;
         Ok(events
             .into_iter()
-            .map(|event| HistoryEntry {
+            .zip(after.saturating_add(1)..)
+            .map(|(event, id)| HistoryEntry {
+                id,
                 timestamp: event.timestamp,
                 event_type: event.event_type,
                 state: event.state,
@@ -228,8 +314,7 @@ impl TaskService {
 
     /// The last `max_bytes` of the task's log.
     pub async fn logs(&self, task_id: &str, max_bytes: usize) -> Result<LogTail, ApiError> {
-        let id =
-            TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let id = ApiError::task_id(task_id)?;
         let execution = self
             .orchestrator
             .describe(task_id)
@@ -243,8 +328,7 @@ impl TaskService {
 
     /// Cancels a running task: its worker is terminated and its callback says `cancelled`.
     pub async fn cancel(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
-        let id =
-            TaskId::parse(task_id).map_err(|why| ApiError::new(400, format!("task_id: {why}")))?;
+        let id = ApiError::task_id(task_id)?;
         let execution = self
             .orchestrator
             .describe(task_id)
@@ -256,6 +340,25 @@ impl TaskService {
                 format!("task {task_id:?} has already ended; nothing to cancel"),
             ));
         }
+        // Descendants first, deepest first: each ends `cancelled` with its own callback, and
+        // none is left running without the task that waits for it.
+        for descendant in
+            crate::chain::running_descendants(self.orchestrator.as_ref(), &execution).await?
+        {
+            let Ok(child) = TaskId::parse(&descendant) else {
+                continue;
+            };
+            if let Some(execution) = self.orchestrator.describe(&descendant).await? {
+                self.worker
+                    .terminate(
+                        &self.worker_of(&child, &execution),
+                        TerminateReason::Cancelled,
+                    )
+                    .await?;
+                tracing::info!(task_id = %descendant, parent = task_id, "descendant cancelled");
+                (self.wake)(&descendant);
+            }
+        }
         self.worker
             .terminate(&self.worker_of(&id, &execution), TerminateReason::Cancelled)
             .await?;
@@ -263,4 +366,12 @@ impl TaskService {
         (self.wake)(task_id);
         self.status(task_id).await
     }
+}
+
+/// Every secret a task's request names: task secrets and git tokens.
+fn secret_names(spec: &TaskSpec) -> impl Iterator<Item = &str> {
+    spec.secrets
+        .iter()
+        .map(|secret| secret.secret.as_str())
+        .chain(spec.git.iter().filter_map(|git| git.secret_name.as_deref()))
 }

@@ -72,6 +72,12 @@ pub struct TaskStatus {
     /// The repositories the task clones, in order.
     #[serde(default)]
     pub repositories: Vec<RepositoryStatus>,
+    /// The task that started this one with its task token, for a child task.
+    #[serde(default)]
+    pub parent_task_id: Option<String>,
+    /// The tasks this one started, in the order it started them.
+    #[serde(default)]
+    pub children: Vec<crate::chain::ChildRef>,
 }
 
 /// Builds the user's view of an execution.
@@ -107,6 +113,11 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
             .cloned()
             .and_then(|git| serde_json::from_value(git).ok())
             .unwrap_or_default(),
+        parent_task_id: task
+            .get("parent_task_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        children: Vec::new(),
     };
     let has_callback = task.get("callback_url").is_some_and(|url| !url.is_null());
     let webhook_id = format!("msg_{}", execution.name);

@@ -8,13 +8,18 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A task id: 1-80 characters of `[A-Za-z0-9_-]` (it is also the execution name).
+/// A task id: 1-80 characters of `[A-Za-z0-9_-]` (it is also the execution name). A child
+/// task's id is its parent's id, a `.`, and the child's own id (`deploy-1.train`), so ids
+/// never collide across parents and the id alone names the task's ancestry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TaskId(String);
 
+/// Separates a child's own id from its parent's id.
+pub const CHILD_SEPARATOR: char = '.';
+
 impl TaskId {
-    /// Parses a task id, or says what is wrong with it.
+    /// Parses a task id (a child's dotted id too), or says what is wrong with it.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.len() > 80 {
             return Err(format!(
@@ -22,15 +27,66 @@ impl TaskId {
                 raw.len()
             ));
         }
-        if let Some(bad) = raw
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
+        if let Some(bad) = raw.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == CHILD_SEPARATOR)
+        }) {
             return Err(format!(
                 "{bad:?} is not allowed; use only letters, digits, '-' and '_'"
             ));
         }
+        if raw.split(CHILD_SEPARATOR).any(str::is_empty) {
+            return Err(
+                "'.' only separates a child's id from its parent's (PARENT.CHILD); it cannot start, end or repeat".into(),
+            );
+        }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// Parses the id a request gives its own task: no `.`, which the server adds itself
+    /// between a parent's id and its child's.
+    pub fn parse_own(raw: &str) -> Result<Self, String> {
+        if raw.contains(CHILD_SEPARATOR) {
+            return Err(
+                "'.' is not allowed; use only letters, digits, '-' and '_' ('.' joins a child's id to its parent's, and the server adds it)".into(),
+            );
+        }
+        Self::parse(raw)
+    }
+
+    /// The id of this task's child whose own id is `own`.
+    pub fn child(&self, own: &TaskId) -> Result<Self, String> {
+        let id = format!("{}{CHILD_SEPARATOR}{}", self.0, own.0);
+        if id.len() > 80 {
+            return Err(format!(
+                "the child's id {id:?} would be {} characters long, over the limit of 80 (parent id, '.', child id); use a shorter task_id",
+                id.len()
+            ));
+        }
+        Ok(Self(id))
+    }
+
+    /// The parent's id, for a child task.
+    pub fn parent(&self) -> Option<TaskId> {
+        self.0
+            .rsplit_once(CHILD_SEPARATOR)
+            .map(|(parent, _)| Self(parent.to_owned()))
+    }
+
+    /// How many ancestors the task has: 0 for a task submitted with an API key.
+    pub fn depth(&self) -> usize {
+        self.0.matches(CHILD_SEPARATOR).count()
+    }
+
+    /// Whether `other` is a child, grandchild, ... of this task.
+    pub fn is_ancestor_of(&self, other: &str) -> bool {
+        other
+            .strip_prefix(self.0.as_str())
+            .is_some_and(|rest| rest.starts_with(CHILD_SEPARATOR))
+    }
+
+    /// The id prefix every descendant's id starts with (`PARENT.`).
+    pub fn descendant_prefix(&self) -> String {
+        format!("{}{CHILD_SEPARATOR}", self.0)
     }
 
     /// The id as text.
@@ -210,6 +266,9 @@ pub struct TaskSpec {
     /// "Latest wins": cancel the running tasks with the same key when this one is submitted.
     #[serde(default)]
     pub cancel_in_progress: bool,
+    /// The task that submitted this one with its task token, for a child task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<TaskId>,
 }
 
 /// Default task timeout: six hours.
@@ -237,6 +296,7 @@ impl TaskSpec {
             email: None,
             concurrency_key: None,
             cancel_in_progress: false,
+            parent_task_id: None,
         }
     }
 }
@@ -245,6 +305,15 @@ impl TaskSpec {
 pub fn callback_token_secret_name(task_id: &TaskId) -> String {
     format!("{CALLBACK_TOKEN_PREFIX}{task_id}")
 }
+
+/// Name of the secret-store entry a worker backend that cannot pipe values (CodeBuild)
+/// keeps a task's task token under while the task runs; deleted when the task finishes.
+pub fn task_token_secret_name(task_id: &TaskId) -> String {
+    format!("{TASK_TOKEN_PREFIX}{task_id}")
+}
+
+/// Prefix of the per-task task token entries in the secret store.
+pub const TASK_TOKEN_PREFIX: &str = "taskrunner-task-tokens/";
 
 /// Prefix of the per-task callback token entries in the secret store.
 pub const CALLBACK_TOKEN_PREFIX: &str = "taskrunner-callback-token/";
@@ -265,6 +334,26 @@ mod tests {
         );
         assert!(TaskId::parse("a b").unwrap_err().contains("' '"));
         assert!(TaskId::parse("a/b").is_err());
+        assert!(TaskId::parse("a..b").is_err());
+        assert!(TaskId::parse_own("a.b").unwrap_err().contains("'.'"));
+    }
+
+    #[test]
+    fn child_ids_extend_their_parent_s() {
+        let parent = TaskId::parse("deploy-1").unwrap();
+        let child = parent.child(&TaskId::parse("train").unwrap()).unwrap();
+        assert_eq!(child.as_str(), "deploy-1.train");
+        assert_eq!(child.parent(), Some(parent.clone()));
+        assert_eq!((parent.depth(), child.depth()), (0, 1));
+        assert!(parent.is_ancestor_of("deploy-1.train.eval"));
+        assert!(!parent.is_ancestor_of("deploy-10.train"));
+        assert!(!parent.is_ancestor_of("deploy-1"));
+        let long = TaskId::parse(&"x".repeat(75)).unwrap();
+        assert!(
+            long.child(&parent)
+                .unwrap_err()
+                .contains("over the limit of 80")
+        );
     }
 
     #[test]

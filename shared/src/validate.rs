@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::model::{GitConfig, TaskRunnerRequest, WorkerConfig};
+use crate::model::{GitConfig, TaskRunnerRequest, WorkerConfig, integral_floats_as_integers};
 use crate::secret::Secret;
 use crate::task::{GitSource, SecretEnv, TaskFile, TaskId, TaskSpec};
 
@@ -99,6 +99,20 @@ pub fn parse_request(body: &[u8], rules: &Rules<'_>) -> Result<Accepted, Request
     if let Some(Value::Object(worker_config)) = object.get_mut("worker_config") {
         merge_additional_params(worker_config)?;
     }
+    objects_only(&object)?;
+    // The integer fields (not env values, which are stringified as given).
+    if let Some(timeout) = object.get_mut("timeout_seconds") {
+        integral_floats_as_integers(timeout);
+    }
+    let repos = object
+        .get_mut("worker_config")
+        .and_then(|config| config.get_mut("git_configs"))
+        .and_then(Value::as_array_mut);
+    for repo in repos.into_iter().flatten() {
+        if let Some(depth) = repo.get_mut("fetch_depth") {
+            integral_floats_as_integers(depth);
+        }
+    }
     let request: TaskRunnerRequest = serde_path_to_error::deserialize(Value::Object(object))
         .map_err(|err| {
             let path = err.path().to_string();
@@ -110,6 +124,23 @@ pub fn parse_request(body: &[u8], rules: &Rules<'_>) -> Result<Accepted, Request
             RequestError::field(&field, err.into_inner())
         })?;
     validate(request, rules)
+}
+
+/// serde reads a struct from an array of its fields in order too; the contract says objects.
+fn objects_only(request: &Map<String, Value>) -> Result<(), RequestError> {
+    let must_be_object = |field: &str| RequestError::field(field, "must be a JSON object");
+    match request.get("worker_config") {
+        Some(Value::Object(config)) => {
+            if let Some(Value::Array(repos)) = config.get("git_configs") {
+                if let Some(i) = repos.iter().position(|repo| !repo.is_object()) {
+                    return Err(must_be_object(&format!("worker_config.git_configs[{i}]")));
+                }
+            }
+            Ok(())
+        }
+        Some(Value::Array(_)) => Err(must_be_object("worker_config")),
+        _ => Ok(()),
+    }
 }
 
 /// Keys of `additional_params` and the config field each one fills.
@@ -189,7 +220,7 @@ fn decode_startup_script(value: &Value) -> Result<Value, RequestError> {
 fn validate(request: TaskRunnerRequest, rules: &Rules<'_>) -> Result<Accepted, RequestError> {
     let config = rules.config;
     let task_id =
-        TaskId::parse(&request.task_id).map_err(|why| RequestError::field("task_id", why))?;
+        TaskId::parse_own(&request.task_id).map_err(|why| RequestError::field("task_id", why))?;
     let task_file = TaskFile::parse(&request.task_file_name).map_err(|why| {
         RequestError::field(
             "task_file_name",
@@ -371,6 +402,7 @@ fn validate(request: TaskRunnerRequest, rules: &Rules<'_>) -> Result<Accepted, R
         email: worker_config.email.filter(|email| !email.is_empty()),
         concurrency_key,
         cancel_in_progress,
+        parent_task_id: None,
     };
     Ok(Accepted {
         spec,

@@ -303,6 +303,7 @@ mod tests {
             finished_at,
             duration_seconds: Some(60.0),
             logs_truncated: false,
+            children: Vec::new(),
         }
     }
 

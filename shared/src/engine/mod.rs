@@ -114,7 +114,7 @@ impl Engine {
     async fn schedule_forever(self: Arc<Self>) {
         loop {
             let now = self.clock.now();
-            let runnable = match self.store.runnable(now) {
+            let runnable = match self.store.runnable(now).await {
                 Ok(names) => names,
                 Err(err) => {
                     tracing::error!(error = %err, "engine scheduler: cannot read executions; retrying in 1s");
@@ -142,6 +142,7 @@ impl Engine {
             let next = self
                 .store
                 .earliest_wake()
+                .await
                 .ok()
                 .flatten()
                 .filter(|w| *w > now);
@@ -160,9 +161,20 @@ impl Engine {
     }
 
     /// Cuts the current Wait of execution `name` short (sets wake_at to now) and notifies the scheduler.
-    /// No effect if it is not in a Wait state. Used when a local worker exits.
-    pub fn wake(&self, name: &str) {
-        let Ok(Some(cursor)) = self.store.cursor(name) else {
+    /// No effect if it is not in a Wait state. Used when a local worker exits. Returns at
+    /// once: the database work runs as a tokio task (outside a runtime, nothing happens).
+    pub fn wake(self: &Arc<Self>, name: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = Arc::clone(self);
+        let name = name.to_owned();
+        runtime.spawn(async move { engine.cut_wait_short(&name).await });
+    }
+
+    /// What [`Engine::wake`] does, awaited: done when it returns.
+    pub async fn cut_wait_short(&self, name: &str) {
+        let Ok(Some(cursor)) = self.store.cursor(name).await else {
             return;
         };
         let in_wait = matches!(
@@ -174,7 +186,7 @@ impl Engine {
             && in_wait
             && cursor.wake_at.is_some_and(|wake| wake > now)
         {
-            if let Err(err) = self.store.set_wake(name, cursor.version, now) {
+            if let Err(err) = self.store.set_wake(name, cursor.version, now).await {
                 tracing::warn!(execution = %name, error = %err, "engine: could not cut a Wait short");
             }
             self.notify.notify_one();
@@ -188,7 +200,7 @@ impl Engine {
         loop {
             let now = self.clock.now();
             let mut ran = false;
-            for name in self.store.runnable(now)? {
+            for name in self.store.runnable(now).await? {
                 if let Some(_claim) = self.claim(&name) {
                     runner::run(self, &name).await?;
                     ran = true;
@@ -197,10 +209,10 @@ impl Engine {
             if ran {
                 continue;
             }
-            if !self.store.any_running()? {
+            if !self.store.any_running().await? {
                 return Ok(());
             }
-            match self.store.earliest_wake()? {
+            match self.store.earliest_wake().await? {
                 Some(wake) if wake > now => {
                     self.clock
                         .sleep((wake - now).to_std().unwrap_or(Duration::ZERO))
@@ -213,11 +225,11 @@ impl Engine {
     }
 
     /// The history events of an execution, in order.
-    pub fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
-        if !self.store.exists(name)? {
+    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
+        if !self.store.exists(name).await? {
             return Err(EngineError::NotFound(name.to_string()));
         }
-        self.store.history(name)
+        self.store.history(name).await
     }
 }
 
@@ -270,7 +282,8 @@ impl Orchestrator for Engine {
         };
         let outcome = self
             .store
-            .insert(name, input, first, wake_at, &events, self.clock.now())?;
+            .insert(name, input, first, wake_at, &events, self.clock.now())
+            .await?;
         if outcome == StartOutcome::Started {
             self.notify.notify_one();
         }
@@ -278,15 +291,24 @@ impl Orchestrator for Engine {
     }
 
     async fn describe(&self, name: &str) -> Result<Option<ExecutionView>, PortError> {
-        Ok(self.store.view(name)?)
+        Ok(self.store.view(name).await?)
     }
 
     async fn history(&self, name: &str) -> Result<Vec<ExecutionEvent>, PortError> {
+        self.history_after(name, 0).await
+    }
+
+    async fn history_after(
+        &self,
+        name: &str,
+        after: usize,
+    ) -> Result<Vec<ExecutionEvent>, PortError> {
         let text =
             |detail: &Value, key: &str| detail.get(key).and_then(Value::as_str).map(str::to_owned);
         Ok(self
             .store
-            .history(name)?
+            .history_after(name, u64::try_from(after).unwrap_or(u64::MAX))
+            .await?
             .into_iter()
             .map(|event| ExecutionEvent {
                 timestamp: event.timestamp,
@@ -306,15 +328,20 @@ impl Orchestrator for Engine {
         status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionView>, PortError> {
-        Ok(self.store.list(status, limit)?)
+        Ok(self.store.list(status, limit).await?)
     }
 
     async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, PortError> {
-        Ok(self.store.page(query)?)
+        Ok(self.store.page(query).await?)
     }
 
     async fn stop(&self, name: &str, error: &str, cause: &str) -> Result<(), PortError> {
-        if !self.store.abort(name, error, cause, self.clock.now())? && !self.store.exists(name)? {
+        if !self
+            .store
+            .abort(name, error, cause, self.clock.now())
+            .await?
+            && !self.store.exists(name).await?
+        {
             return Err(EngineError::NotFound(name.to_string()).into());
         }
         self.notify.notify_one();
@@ -322,7 +349,7 @@ impl Orchestrator for Engine {
     }
 
     async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, PortError> {
-        Ok(self.store.purge_finished(before)?)
+        Ok(self.store.purge_finished(before).await?)
     }
 }
 

@@ -28,7 +28,7 @@ struct Step {
 /// Runs execution `name` until it ends or sleeps.
 pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
     loop {
-        let Some(cursor) = engine.store.cursor(name)? else {
+        let Some(cursor) = engine.store.cursor(name).await? else {
             return Ok(());
         };
         if cursor.status != ExecutionStatus::Running {
@@ -49,13 +49,16 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
             }
         };
         if let Some(step) = step {
-            engine.store.apply(
-                name,
-                step.version,
-                &step.update,
-                &step.events,
-                engine.clock.now(),
-            )?;
+            engine
+                .store
+                .apply(
+                    name,
+                    step.version,
+                    &step.update,
+                    &step.events,
+                    engine.clock.now(),
+                )
+                .await?;
         }
     }
 }
@@ -205,7 +208,7 @@ async fn take_step(
             // The deadline could not be computed on entry: fail with the reason.
             None => match deadline(state, wait, raw, engine.clock.now()) {
                 Ok(wake_at) => {
-                    engine.store.set_wake(name, cursor.version, wake_at)?;
+                    engine.store.set_wake(name, cursor.version, wake_at).await?;
                     return Ok(None);
                 }
                 Err(err) => fail(cursor.version, &err, Vec::new()),
@@ -336,10 +339,10 @@ async fn run_task(
         NewEvent::new("TaskStarted", Some(&cursor.state), json!({})),
     ];
     let now = engine.clock.now();
-    let Some(version) =
-        engine
-            .store
-            .apply(name, cursor.version, &Update::Attempt, &scheduled, now)?
+    let Some(version) = engine
+        .store
+        .apply(name, cursor.version, &Update::Attempt, &scheduled, now)
+        .await?
     else {
         return Ok(None);
     };

@@ -1,19 +1,21 @@
 //! SQLite persistence: one row per execution (where it is, with what data, until when it
 //! sleeps) and its history events. Every step of an execution is one transaction, guarded
 //! by a version number so a stopped or concurrently moved execution is never overwritten.
+//!
+//! The connections live on their own threads ([`crate::sqlite::Db`]): writes are
+//! group-committed and on disk when they return, reads use a second connection.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 mod page;
 
 use super::error::EngineError;
 use crate::ports::{ExecutionStatus, ExecutionView, StartOutcome};
+use crate::sqlite::Db;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS executions (
@@ -144,7 +146,7 @@ pub enum Update {
 
 /// The execution database.
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 fn ms(time: DateTime<Utc>) -> i64 {
@@ -175,16 +177,14 @@ fn parse_json(text: &str) -> Result<Value, EngineError> {
 }
 
 fn append_events(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     name: &str,
     events: &[NewEvent],
     now: DateTime<Utc>,
 ) -> Result<(), EngineError> {
-    let count: i64 = tx.query_row(
-        "SELECT history_events FROM executions WHERE name = ?1",
-        [name],
-        |row| row.get(0),
-    )?;
+    let count: i64 = tx
+        .prepare_cached("SELECT history_events FROM executions WHERE name = ?1")?
+        .query_row([name], |row| row.get(0))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO history (execution, seq, timestamp, event_type, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -199,34 +199,128 @@ fn append_events(
             event.detail.to_string()
         ])?;
     }
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE executions SET history_events = history_events + ?2 WHERE name = ?1",
-        params![name, i64::try_from(events.len()).unwrap_or(i64::MAX)],
-    )?;
+    )?
+    .execute(params![
+        name,
+        i64::try_from(events.len()).unwrap_or(i64::MAX)
+    ])?;
     Ok(())
+}
+
+/// The SELECT of a [`Cursor`], by name.
+const CURSOR_QUERY: &str = "SELECT status, input, started_at, current_state, state_input, state_entered_at, retry_counts, wake_at, version
+     FROM executions WHERE name = ?1";
+
+type CursorRow = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    i64,
+);
+
+fn cursor_from(row: CursorRow) -> Result<Cursor, EngineError> {
+    let (status, input, started, state, state_input, entered, retries, wake, version) = row;
+    let retry_counts = serde_json::from_str(&retries)
+        .map_err(|e| EngineError::Corrupt(format!("retry counts: {e}")))?;
+    Ok(Cursor {
+        status: parse_status(&status)?,
+        input: parse_json(&input)?,
+        started_at: from_ms(started),
+        state,
+        state_input: parse_json(&state_input)?,
+        entered_at: from_ms(entered),
+        retry_counts,
+        wake_at: wake.map(from_ms),
+        version,
+    })
+}
+
+/// Writes `update` at `version`; the number of rows changed (0: it moved on).
+fn apply_update(
+    tx: &Connection,
+    name: &str,
+    version: i64,
+    update: &Update,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<usize> {
+    match update {
+        Update::Enter {
+            state,
+            input,
+            wake_at,
+        } => tx
+            .prepare_cached(
+                "UPDATE executions SET current_state = ?3, state_input = ?4, state_entered_at = ?5,
+                 wake_at = ?6, retry_counts = '[]', transitions = transitions + 1, version = version + 1
+                 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
+            )?
+            .execute(params![
+                name,
+                version,
+                state,
+                input.to_string(),
+                ms(now),
+                wake_at.map(ms)
+            ]),
+        Update::Attempt => tx
+            .prepare_cached(
+                "UPDATE executions SET wake_at = NULL, version = version + 1
+                 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
+            )?
+            .execute(params![name, version]),
+        Update::Retry {
+            retry_counts,
+            wake_at,
+        } => tx
+            .prepare_cached(
+                "UPDATE executions SET retry_counts = ?3, wake_at = ?4, transitions = transitions + 1,
+                 version = version + 1 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
+            )?
+            .execute(params![
+                name,
+                version,
+                serde_json::to_string(retry_counts).unwrap_or_else(|_| "[]".into()),
+                ms(*wake_at)
+            ]),
+        Update::Finish {
+            status,
+            output,
+            error,
+            cause,
+        } => tx
+            .prepare_cached(
+                "UPDATE executions SET status = ?3, output = ?4, error = ?5, cause = ?6, stopped_at = ?7,
+                 wake_at = NULL, version = version + 1 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
+            )?
+            .execute(params![
+                name,
+                version,
+                status_text(*status),
+                output.as_ref().map(Value::to_string),
+                error,
+                cause,
+                ms(now)
+            ]),
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        let db = Db::open(path, "engine-db", |conn| conn.execute_batch(SCHEMA))?;
+        Ok(Self { db })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Creates an execution in `first_state`, unless one with this name exists.
-    pub fn insert(
+    /// Creates an execution in `first_state`, unless one with this name exists; on disk when
+    /// it returns. The steps that follow are written relaxed (see [`Db::write_relaxed`]).
+    pub async fn insert(
         &self,
         name: &str,
         input: &Value,
@@ -235,79 +329,65 @@ impl Store {
         events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<StartOutcome, EngineError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT input FROM executions WHERE name = ?1",
-                [name],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(existing) = existing {
-            return Ok(if parse_json(&existing)? == *input {
-                StartOutcome::AlreadyExists
-            } else {
-                StartOutcome::Conflict
-            });
-        }
-        tx.execute(
-            "INSERT INTO executions (name, input, status, current_state, state_input, state_entered_at, wake_at, started_at, transitions, version)
-             VALUES (?1, ?2, 'RUNNING', ?3, ?2, ?4, ?5, ?4, 1, 1)",
-            params![name, input.to_string(), first_state, ms(now), wake_at.map(ms)],
-        )?;
-        append_events(&tx, name, events, now)?;
-        tx.commit()?;
-        Ok(StartOutcome::Started)
+        let (name, input, first_state, events) = (
+            name.to_owned(),
+            input.clone(),
+            first_state.to_owned(),
+            events.to_vec(),
+        );
+        self.db
+            .write(move |tx| {
+                let existing: Option<String> = tx
+                    .prepare_cached("SELECT input FROM executions WHERE name = ?1")?
+                    .query_row([&name], |row| row.get(0))
+                    .optional()?;
+                if let Some(existing) = existing {
+                    return Ok(if parse_json(&existing)? == input {
+                        StartOutcome::AlreadyExists
+                    } else {
+                        StartOutcome::Conflict
+                    });
+                }
+                tx.prepare_cached(
+                    "INSERT INTO executions (name, input, status, current_state, state_input, state_entered_at, wake_at, started_at, transitions, version)
+                     VALUES (?1, ?2, 'RUNNING', ?3, ?2, ?4, ?5, ?4, 1, 1)",
+                )?
+                .execute(params![name, input.to_string(), first_state, ms(now), wake_at.map(ms)])?;
+                append_events(tx, &name, &events, now)?;
+                Ok(StartOutcome::Started)
+            })
+            .await
     }
 
     /// Where execution `name` is, if it exists.
-    pub fn cursor(&self, name: &str) -> Result<Option<Cursor>, EngineError> {
-        let conn = self.lock();
-        let row = conn
-            .query_row(
-                "SELECT status, input, started_at, current_state, state_input, state_entered_at, retry_counts, wake_at, version
-                 FROM executions WHERE name = ?1",
-                [name],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, i64>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, Option<i64>>(7)?,
-                        row.get::<_, i64>(8)?,
-                    ))
-                },
-            )
-            .optional()?;
-        drop(conn);
-        let Some((status, input, started, state, state_input, entered, retries, wake, version)) =
-            row
-        else {
-            return Ok(None);
-        };
-        let retry_counts = serde_json::from_str(&retries)
-            .map_err(|e| EngineError::Corrupt(format!("retry counts: {e}")))?;
-        Ok(Some(Cursor {
-            status: parse_status(&status)?,
-            input: parse_json(&input)?,
-            started_at: from_ms(started),
-            state,
-            state_input: parse_json(&state_input)?,
-            entered_at: from_ms(entered),
-            retry_counts,
-            wake_at: wake.map(from_ms),
-            version,
-        }))
+    pub async fn cursor(&self, name: &str) -> Result<Option<Cursor>, EngineError> {
+        let name = name.to_owned();
+        let row = self
+            .db
+            .read(move |conn| {
+                conn.prepare_cached(CURSOR_QUERY)?
+                    .query_row([&name], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                            row.get(6)?,
+                            row.get(7)?,
+                            row.get(8)?,
+                        ))
+                    })
+                    .optional()
+            })
+            .await?;
+        row.map(cursor_from).transpose()
     }
 
     /// Writes `update` and `events` if the execution is still RUNNING at `version`; returns
     /// the new version, or `None` when it moved on (stopped, or another step won).
-    pub fn apply(
+    pub async fn apply(
         &self,
         name: &str,
         version: i64,
@@ -315,184 +395,165 @@ impl Store {
         events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, EngineError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let guard = "WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'";
-        let changed = match update {
-            Update::Enter {
-                state,
-                input,
-                wake_at,
-            } => tx.execute(
-                &format!(
-                    "UPDATE executions SET current_state = ?3, state_input = ?4, state_entered_at = ?5,
-                     wake_at = ?6, retry_counts = '[]', transitions = transitions + 1, version = version + 1 {guard}"
-                ),
-                params![name, version, state, input.to_string(), ms(now), wake_at.map(ms)],
-            )?,
-            Update::Attempt => tx.execute(
-                &format!("UPDATE executions SET wake_at = NULL, version = version + 1 {guard}"),
-                params![name, version],
-            )?,
-            Update::Retry {
-                retry_counts,
-                wake_at,
-            } => tx.execute(
-                &format!(
-                    "UPDATE executions SET retry_counts = ?3, wake_at = ?4, transitions = transitions + 1,
-                     version = version + 1 {guard}"
-                ),
-                params![
-                    name,
-                    version,
-                    serde_json::to_string(retry_counts).unwrap_or_else(|_| "[]".into()),
-                    ms(*wake_at)
-                ],
-            )?,
-            Update::Finish {
-                status,
-                output,
-                error,
-                cause,
-            } => tx.execute(
-                &format!(
-                    "UPDATE executions SET status = ?3, output = ?4, error = ?5, cause = ?6, stopped_at = ?7,
-                     wake_at = NULL, version = version + 1 {guard}"
-                ),
-                params![
-                    name,
-                    version,
-                    status_text(*status),
-                    output.as_ref().map(Value::to_string),
-                    error,
-                    cause,
-                    ms(now)
-                ],
-            )?,
-        };
-        if changed == 0 {
-            return Ok(None);
-        }
-        append_events(&tx, name, events, now)?;
-        tx.commit()?;
-        Ok(Some(version + 1))
+        let (name, update, events) = (name.to_owned(), update.clone(), events.to_vec());
+        self.db
+            .write_relaxed(move |tx| {
+                if apply_update(tx, &name, version, &update, now)? == 0 {
+                    return Ok(None);
+                }
+                append_events(tx, &name, &events, now)?;
+                Ok(Some(version + 1))
+            })
+            .await
     }
 
     /// Moves the wake-up time of `name` to `wake_at` if it is still at `version`.
-    pub fn set_wake(
+    pub async fn set_wake(
         &self,
         name: &str,
         version: i64,
         wake_at: DateTime<Utc>,
     ) -> Result<bool, EngineError> {
-        let changed = self.lock().execute(
-            "UPDATE executions SET wake_at = ?3 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
-            params![name, version, ms(wake_at)],
-        )?;
-        Ok(changed > 0)
+        let name = name.to_owned();
+        self.db
+            .write_relaxed(move |tx| {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE executions SET wake_at = ?3 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
+                    )?
+                    .execute(params![name, version, ms(wake_at)])?;
+                Ok(changed > 0)
+            })
+            .await
     }
 
     /// Names of running executions due now (no wake-up time, or one that has passed).
-    pub fn runnable(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT name FROM executions WHERE status = 'RUNNING' AND (wake_at IS NULL OR wake_at <= ?1)
-             ORDER BY started_at",
-        )?;
-        let names = stmt
-            .query_map([ms(now)], |row| row.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(names)
+    pub async fn runnable(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT name FROM executions WHERE status = 'RUNNING' AND (wake_at IS NULL OR wake_at <= ?1)
+                     ORDER BY started_at",
+                )?;
+                let names = stmt
+                    .query_map([ms(now)], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(names)
+            })
+            .await
     }
 
     /// The earliest wake-up time of a running execution, if any sleeps.
-    pub fn earliest_wake(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
-        let earliest: Option<i64> = self.lock().query_row(
-            "SELECT MIN(wake_at) FROM executions WHERE status = 'RUNNING' AND wake_at IS NOT NULL",
-            [],
-            |row| row.get(0),
-        )?;
+    pub async fn earliest_wake(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let earliest: Option<i64> = self
+            .db
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT MIN(wake_at) FROM executions WHERE status = 'RUNNING' AND wake_at IS NOT NULL",
+                )?
+                .query_row([], |row| row.get(0))
+            })
+            .await?;
         Ok(earliest.map(from_ms))
     }
 
     /// Whether any execution is running.
-    pub fn any_running(&self) -> Result<bool, EngineError> {
-        let count: i64 = self.lock().query_row(
-            "SELECT COUNT(*) FROM executions WHERE status = 'RUNNING'",
-            [],
-            |row| row.get(0),
-        )?;
+    pub async fn any_running(&self) -> Result<bool, EngineError> {
+        let count: i64 = self
+            .db
+            .read(|conn| {
+                conn.prepare_cached("SELECT COUNT(*) FROM executions WHERE status = 'RUNNING'")?
+                    .query_row([], |row| row.get(0))
+            })
+            .await?;
         Ok(count > 0)
     }
 
     /// Aborts a running execution; `false` when it was not running.
-    pub fn abort(
+    pub async fn abort(
         &self,
         name: &str,
         error: &str,
         cause: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, EngineError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE executions SET status = 'ABORTED', error = ?2, cause = ?3, stopped_at = ?4, wake_at = NULL,
-             version = version + 1 WHERE name = ?1 AND status = 'RUNNING'",
-            params![name, error, cause, ms(now)],
-        )?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        let event = NewEvent::new(
-            "ExecutionAborted",
-            None,
-            serde_json::json!({"error": error, "cause": cause}),
-        );
-        append_events(&tx, name, &[event], now)?;
-        tx.commit()?;
-        Ok(true)
+        let (name, error, cause) = (name.to_owned(), error.to_owned(), cause.to_owned());
+        self.db
+            .write(move |tx| {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE executions SET status = 'ABORTED', error = ?2, cause = ?3, stopped_at = ?4, wake_at = NULL,
+                         version = version + 1 WHERE name = ?1 AND status = 'RUNNING'",
+                    )?
+                    .execute(params![name, error, cause, ms(now)])?;
+                if changed == 0 {
+                    return Ok(false);
+                }
+                let event = NewEvent::new(
+                    "ExecutionAborted",
+                    None,
+                    serde_json::json!({"error": error, "cause": cause}),
+                );
+                append_events(tx, &name, &[event], now)?;
+                Ok(true)
+            })
+            .await
     }
 
     /// Whether an execution named `name` exists.
-    pub fn exists(&self, name: &str) -> Result<bool, EngineError> {
+    pub async fn exists(&self, name: &str) -> Result<bool, EngineError> {
+        let name = name.to_owned();
         let found: Option<i64> = self
-            .lock()
-            .query_row("SELECT 1 FROM executions WHERE name = ?1", [name], |row| {
-                row.get(0)
+            .db
+            .read(move |conn| {
+                conn.prepare_cached("SELECT 1 FROM executions WHERE name = ?1")?
+                    .query_row([&name], |row| row.get(0))
+                    .optional()
             })
-            .optional()?;
+            .await?;
         Ok(found.is_some())
     }
 
     /// The execution named `name`, as callers see it.
-    pub fn view(&self, name: &str) -> Result<Option<ExecutionView>, EngineError> {
-        let views = self.views("WHERE name = ?1", params![name])?;
+    pub async fn view(&self, name: &str) -> Result<Option<ExecutionView>, EngineError> {
+        let views = self
+            .views(
+                "WHERE name = ?1".to_owned(),
+                vec![Box::new(name.to_owned())],
+            )
+            .await?;
         Ok(views.into_iter().next())
     }
 
     /// Executions newest first, at most `limit`, optionally with `status` only.
-    pub fn list(
+    pub async fn list(
         &self,
         status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionView>, EngineError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         match status {
-            Some(status) => self.views(
-                "WHERE status = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2",
-                params![status_text(status), limit],
-            ),
-            None => self.views(
-                "ORDER BY started_at DESC, rowid DESC LIMIT ?1",
-                params![limit],
-            ),
+            Some(status) => {
+                self.views(
+                    "WHERE status = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2".to_owned(),
+                    vec![Box::new(status_text(status)), Box::new(limit)],
+                )
+                .await
+            }
+            None => {
+                self.views(
+                    "ORDER BY started_at DESC, rowid DESC LIMIT ?1".to_owned(),
+                    vec![Box::new(limit)],
+                )
+                .await
+            }
         }
     }
 
-    fn views(
+    async fn views(
         &self,
-        clause: &str,
-        args: &[&dyn rusqlite::ToSql],
+        clause: String,
+        args: Vec<Box<dyn rusqlite::ToSql + Send>>,
     ) -> Result<Vec<ExecutionView>, EngineError> {
         type Row = (
             String,
@@ -508,31 +569,34 @@ impl Store {
             i64,
             i64,
         );
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT name, status, input, output, error, cause, current_state, state_input, started_at,
-             stopped_at, transitions, history_events FROM executions {clause}"
-        ))?;
-        let rows = stmt
-            .query_map(args, |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                    row.get(7)?,
-                    row.get(8)?,
-                    row.get(9)?,
-                    row.get(10)?,
-                    row.get(11)?,
-                ))
-            })?
-            .collect::<Result<Vec<Row>, _>>()?;
-        drop(stmt);
-        drop(conn);
+        let rows: Vec<Row> = self
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT name, status, input, output, error, cause, current_state, state_input, started_at,
+                     stopped_at, transitions, history_events FROM executions {clause}"
+                ))?;
+                let refs: Vec<&dyn rusqlite::ToSql> =
+                    args.iter().map(|arg| arg.as_ref() as &dyn rusqlite::ToSql).collect();
+                stmt.query_map(refs.as_slice(), |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                        row.get(10)?,
+                        row.get(11)?,
+                    ))
+                })?
+                .collect::<Result<Vec<Row>, _>>()
+            })
+            .await?;
         rows.into_iter()
             .map(|r| {
                 Ok(ExecutionView {
@@ -554,41 +618,54 @@ impl Store {
     }
 
     /// Deletes finished executions (and their history) that stopped before `before`.
-    pub fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, EngineError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "DELETE FROM history WHERE execution IN (SELECT name FROM executions
-             WHERE status != 'RUNNING' AND stopped_at < ?1)",
-            [ms(before)],
-        )?;
-        let deleted = tx.execute(
-            "DELETE FROM executions WHERE status != 'RUNNING' AND stopped_at < ?1",
-            [ms(before)],
-        )?;
-        tx.commit()?;
-        Ok(u64::try_from(deleted).unwrap_or(0))
+    pub async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, EngineError> {
+        self.db
+            .write_relaxed(move |tx| {
+                tx.execute(
+                    "DELETE FROM history WHERE execution IN (SELECT name FROM executions
+                     WHERE status != 'RUNNING' AND stopped_at < ?1)",
+                    [ms(before)],
+                )?;
+                let deleted = tx.execute(
+                    "DELETE FROM executions WHERE status != 'RUNNING' AND stopped_at < ?1",
+                    [ms(before)],
+                )?;
+                Ok(u64::try_from(deleted).unwrap_or(0))
+            })
+            .await
     }
 
     /// The history of `name`, in order.
-    pub fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map([name], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
-        drop(conn);
+    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
+        self.history_after(name, 0).await
+    }
+
+    /// The history of `name` past its `after`-th event, in order (the primary key serves it).
+    pub async fn history_after(
+        &self,
+        name: &str,
+        after: u64,
+    ) -> Result<Vec<HistoryEvent>, EngineError> {
+        let name = name.to_owned();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 AND seq > ?2 ORDER BY seq",
+                )?
+                .query_map(rusqlite::params![name, after], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         rows.into_iter()
             .map(|(seq, timestamp, event_type, state, detail)| {
                 Ok(HistoryEvent {
@@ -608,21 +685,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn versions_guard_every_write() {
+    #[tokio::test]
+    async fn versions_guard_every_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("x.db")).expect("open");
-        let mode: String = store
-            .lock()
-            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-            .expect("journal mode");
-        assert_eq!(mode, "wal");
         let now = Utc::now();
         let outcome = store
             .insert("e", &json!({"a": 1}), "A", None, &[], now)
+            .await
             .expect("insert");
         assert_eq!(outcome, StartOutcome::Started);
-        let cursor = store.cursor("e").expect("cursor").expect("exists");
+        let cursor = store.cursor("e").await.expect("cursor").expect("exists");
         assert_eq!(cursor.version, 1);
         let update = Update::Enter {
             state: "B".into(),
@@ -630,16 +703,22 @@ mod tests {
             wake_at: None,
         };
         assert_eq!(
-            store.apply("e", 1, &update, &[], now).expect("apply"),
+            store.apply("e", 1, &update, &[], now).await.expect("apply"),
             Some(2)
         );
-        assert_eq!(store.apply("e", 1, &update, &[], now).expect("stale"), None);
-        assert!(store.abort("e", "E", "C", now).expect("abort"));
         assert_eq!(
-            store.apply("e", 3, &update, &[], now).expect("aborted"),
+            store.apply("e", 1, &update, &[], now).await.expect("stale"),
             None
         );
-        let view = store.view("e").expect("view").expect("exists");
+        assert!(store.abort("e", "E", "C", now).await.expect("abort"));
+        assert_eq!(
+            store
+                .apply("e", 3, &update, &[], now)
+                .await
+                .expect("aborted"),
+            None
+        );
+        let view = store.view("e").await.expect("view").expect("exists");
         assert_eq!(view.status, ExecutionStatus::Aborted);
         assert_eq!(view.current_state.as_deref(), Some("B"));
         assert_eq!(view.transitions, 2);

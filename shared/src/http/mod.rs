@@ -4,6 +4,7 @@
 //! `{"success": false, "message": "..."}` with a message that names the problem and the fix.
 
 mod openapi;
+pub use openapi::TASK_ID_PATTERN;
 mod sample;
 mod tasks;
 pub mod ui;
@@ -19,9 +20,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::auth::task_token::{TaskTokens, TokenError};
 use crate::auth::{ApiKeys, AuthError};
 use crate::model::TaskRunnerResponse;
+use crate::ports::ExecutionStatus;
 use crate::service::{ApiError, TaskService};
+use crate::status::task_status;
+use crate::task::TaskId;
 
 /// What the handlers share.
 pub struct AppState {
@@ -85,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi::document))
         .merge(ui::routes(Arc::clone(&state)))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -97,6 +103,13 @@ async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "no such route; see GET /openapi.json for the API".into(),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route does not take {method}; see GET /openapi.json for its methods"),
     )
 }
 
@@ -113,7 +126,8 @@ impl IntoResponse for ApiError {
 }
 
 /// An extractor that lets a request in only with a valid API key; holds the key's name.
-pub(crate) struct Authorized(pub String);
+/// A task token is refused with 403: its scope does not reach these routes.
+pub(crate) struct Authorized;
 
 impl FromRequestParts<Arc<AppState>> for Authorized {
     type Rejection = Response;
@@ -122,7 +136,101 @@ impl FromRequestParts<Arc<AppState>> for Authorized {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authorize(state, &parts.headers).await.map(Authorized)
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::ApiKey(_) => Ok(Authorized),
+            Caller::Task(task_id) => Err(error_response(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a task token (task {task_id}) may only submit children of its task (POST /task-runner) and read or cancel its own descendants (task ids starting \"{task_id}.\"); this request needs an API key"
+                ),
+            )),
+        }
+    }
+}
+
+/// Who is calling: a holder of an API key, or a running task with its task token.
+pub(crate) enum Caller {
+    /// An API key, by name: everything.
+    ApiKey(String),
+    /// A running task: its own children and descendants only.
+    Task(TaskId),
+}
+
+impl Caller {
+    /// Lets the caller reach the task `task_id`, or answers 403 naming the token's scope.
+    pub(crate) fn may_reach(&self, task_id: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::ApiKey(_) => Ok(()),
+            Caller::Task(own) if own.is_ancestor_of(task_id) => Ok(()),
+            Caller::Task(own) => Err(ApiError::new(
+                403,
+                format!(
+                    "the task token of task {own} may read and cancel only its own descendants (task ids starting \"{own}.\"); task {task_id:?} is outside that scope"
+                ),
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let presented = header
+            .and_then(|header| header.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            Some(token) if TaskTokens::is_task_token(token) => {
+                task_caller(state, token).await.map(Caller::Task)
+            }
+            _ => authorize(state, &parts.headers).await.map(Caller::ApiKey),
+        }
+    }
+}
+
+/// The task a task token belongs to, while that task runs; the error is a ready 401.
+async fn task_caller(state: &AppState, token: &str) -> Result<TaskId, Response> {
+    let unauthorized = |message: String| {
+        let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
+    };
+    let claims = match state
+        .api_keys
+        .task_tokens()
+        .verify(token, chrono::Utc::now())
+        .await
+    {
+        Ok(claims) => claims,
+        Err(TokenError::Store(err)) => return Err(ApiError::from(err).into_response()),
+        Err(err) => return Err(unauthorized(err.to_string())),
+    };
+    let execution = state
+        .service
+        .orchestrator
+        .describe(claims.task_id.as_str())
+        .await
+        .map_err(|err| ApiError::from(err).into_response())?;
+    match execution {
+        Some(execution)
+            if execution.status == ExecutionStatus::Running && !task_status(&execution).done =>
+        {
+            Ok(claims.task_id)
+        }
+        _ => Err(unauthorized(format!(
+            "task ended: task {} is over, so its task token is no longer valid",
+            claims.task_id
+        ))),
     }
 }
 

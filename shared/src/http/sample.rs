@@ -3,35 +3,56 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
-use crate::model::CallbackReceipt;
+use crate::model::{CallbackBody, CallbackReceipt, integral_floats_as_integers};
 
 use super::error_response;
 
-/// Accepts a callback body: a JSON object, or (as the original app sent it) a JSON string
-/// holding one.
-pub async fn receive(body: Bytes) -> Response {
-    let mut value: Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
-        Err(err) => {
+/// Accepts a callback body: the JSON object the callback sends, nothing else.
+pub async fn receive(body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
             return error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("callback body is not valid JSON: {err}"),
+                rejection.status(),
+                format!("callback body could not be read: {}", rejection.body_text()),
             );
         }
     };
-    if let Value::String(inner) = &value {
-        value = serde_json::from_str(inner).unwrap_or(Value::Null);
-    }
-    let field = |key: &str| value.get(key).cloned().unwrap_or(Value::Null);
-    let (task_name, task_id, success) = (field("task_name"), field("task_id"), field("success"));
-    if success == Value::Bool(true) {
+    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(err) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("callback body is not JSON: {err}"),
+            );
+        }
+    };
+    integral_floats_as_integers(&mut value);
+    let callback: CallbackBody = match serde_json::from_value(value) {
+        Ok(callback) => callback,
+        Err(err) => {
+            return error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "callback body is not the callback object (see CallbackBody in /openapi.json): {err}"
+                ),
+            );
+        }
+    };
+    let CallbackBody {
+        task_name,
+        task_id,
+        status,
+        ..
+    } = &callback;
+    if callback.success {
         tracing::info!(%task_name, %task_id, "sample receiver: task finished successfully");
     } else {
-        tracing::error!(%task_name, %task_id, status = %field("status"), "sample receiver: task finished with an error");
+        tracing::error!(%task_name, %task_id, ?status, "sample receiver: task finished with an error");
     }
     Json(CallbackReceipt {
         success: true,

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::listing::{ListQuery, RawListQuery};
 use crate::model::TaskRunnerResponse;
-use crate::service::{HistoryEntry, TaskService};
+use crate::service::{ApiError, HistoryEntry, TaskService};
 
-use super::{AppState, Authorized, error_response};
+use super::{AppState, Authorized, Caller, error_response};
 
 /// `POST /task-runner`: 202 with the task id and its status URL.
 pub async fn submit(
     State(state): State<Arc<AppState>>,
-    Authorized(key_name): Authorized,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -41,9 +41,20 @@ pub async fn submit(
             );
         }
     };
-    match state.service.submit(&body).await {
+    let submitted = match &caller {
+        Caller::ApiKey(_) => state.service.submit(&body).await,
+        Caller::Task(parent) => state.service.submit_child(&body, parent).await,
+    };
+    match submitted {
         Ok(submitted) => {
-            tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit");
+            match &caller {
+                Caller::ApiKey(key_name) => {
+                    tracing::info!(task_id = %submitted.task_id, api_key = %key_name, existing = submitted.existing, "submit")
+                }
+                Caller::Task(parent) => {
+                    tracing::info!(task_id = %submitted.task_id, parent = %parent, existing = submitted.existing, "child submitted")
+                }
+            }
             let message = if submitted.existing {
                 "Task already accepted with this request; returning the existing task".to_owned()
             } else {
@@ -97,9 +108,12 @@ pub async fn list(
 /// `GET /task-runner/{task_id}`.
 pub async fn status(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.status(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),
@@ -115,23 +129,69 @@ pub struct HistoryResponse {
     pub events: Vec<HistoryEntry>,
 }
 
-/// `GET /task-runner/{task_id}/history`.
+/// The largest `after` (far past any history: Step Functions stops at 25,000 events).
+pub const MAX_AFTER: u64 = u32::MAX as u64;
+
+/// Query of `GET /task-runner/{task_id}/history`.
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryQuery {
+    /// Only the events after the `after`-th (what a poller has already seen).
+    pub after: Option<String>,
+}
+
+/// `GET /task-runner/{task_id}/history?after=N`.
 pub async fn history(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
-    match state.service.history(&task_id).await {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
+    let after = match query_number(query, "after", |q| q.after, 0, MAX_AFTER) {
+        Ok(after) => after.unwrap_or(0),
+        Err(err) => return err.into_response(),
+    };
+    match state.service.history(&task_id, after).await {
         Ok(events) => Json(HistoryResponse { task_id, events }).into_response(),
         Err(err) => err.into_response(),
     }
 }
 
+/// One whole-number query parameter from `min` to `max`, or a 400 naming it.
+pub(super) fn query_number<Q>(
+    query: Result<Query<Q>, QueryRejection>,
+    field: &str,
+    take: impl FnOnce(Q) -> Option<String>,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
+    let refused = |detail: String| {
+        ApiError::new(
+            400,
+            format!("{field}{detail}: must be a whole number from {min} to {max}, given once"),
+        )
+    };
+    let Query(query) =
+        query.map_err(|rejection| refused(format!(" ({})", rejection.body_text())))?;
+    match take(query) {
+        None => Ok(None),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(refused(format!(" {text:?}"))),
+        },
+    }
+}
+
+/// The most `max_bytes` may ask for.
+pub const MAX_LOG_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Query of `GET /task-runner/{task_id}/logs`.
 #[derive(Debug, Deserialize)]
 pub struct LogsQuery {
     /// How many bytes of the end of the log (default: the callback's tail size).
-    pub max_bytes: Option<usize>,
+    pub max_bytes: Option<String>,
 }
 
 /// Answer of `GET /task-runner/{task_id}/logs`.
@@ -148,14 +208,18 @@ pub struct LogsResponse {
 /// `GET /task-runner/{task_id}/logs?max_bytes=N`.
 pub async fn logs(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Response {
-    let max_bytes = query
-        .max_bytes
-        .unwrap_or(state.service.config.log_tail_bytes)
-        .clamp(1, 16 * 1024 * 1024);
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
+    let max_bytes = match query_number(query, "max_bytes", |q| q.max_bytes, 1, MAX_LOG_BYTES) {
+        Ok(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+        Ok(None) => state.service.config.log_tail_bytes,
+        Err(err) => return err.into_response(),
+    };
     log_tail(&state.service, task_id, max_bytes).await
 }
 
@@ -175,9 +239,12 @@ pub(super) async fn log_tail(service: &TaskService, task_id: String, max_bytes: 
 /// `DELETE /task-runner/{task_id}`: cancel.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    _key: Authorized,
+    caller: Caller,
     Path(task_id): Path<String>,
 ) -> Response {
+    if let Err(refused) = caller.may_reach(&task_id) {
+        return refused.into_response();
+    }
     match state.service.cancel(&task_id).await {
         Ok(status) => Json(status).into_response(),
         Err(err) => err.into_response(),

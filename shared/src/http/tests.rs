@@ -73,7 +73,7 @@ pub(super) async fn send(router: &axum::Router, request: Request<Body>) -> (Stat
     )
 }
 
-fn valid() -> Value {
+pub(super) fn valid() -> Value {
     json!({"task_id": "t-1", "task_file_name": "hello.py", "worker_config": {"worker_size": "Small"}})
 }
 
@@ -277,24 +277,123 @@ async fn open_routes_need_no_key() {
 }
 
 #[tokio::test]
-async fn the_sample_receiver_takes_objects_and_the_originals_json_strings() {
+async fn the_sample_receiver_takes_the_callback_object_only() {
     let harness = harness();
-    let callback = json!({"task_name": "a.py", "task_id": "t", "success": true, "logs": "x"});
-    for body in [
-        callback.to_string(),
-        serde_json::to_string(&callback.to_string()).unwrap(),
+    let callback = json!({"task_name": "a.py", "task_id": "t", "success": true, "logs": "x",
+        "status": "succeeded", "exit_code": 0, "started_at": "2026-01-31T09:00:00Z",
+        "finished_at": "2026-01-31T09:00:01Z", "duration_seconds": 1.0, "logs_truncated": false});
+    let (status, answer) = call(
+        &harness,
+        "POST",
+        "/sample-task-runner-callback",
+        None,
+        callback.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"success": true, "message": "ok"}));
+    let mut extra = callback.clone();
+    extra["surprise"] = json!(1);
+    for (body, expected) in [
+        (callback.to_string().to_string(), StatusCode::OK),
+        (
+            serde_json::to_string(&callback.to_string()).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"task_id": "t"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (extra.to_string(), StatusCode::UNPROCESSABLE_ENTITY),
+        ("[null]".to_owned(), StatusCode::UNPROCESSABLE_ENTITY),
+        ("not json".to_owned(), StatusCode::BAD_REQUEST),
     ] {
         let (status, answer) = call(
             &harness,
             "POST",
             "/sample-task-runner-callback",
             None,
-            body.into_bytes(),
+            body.clone().into_bytes(),
         )
         .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(answer, json!({"success": true, "message": "ok"}));
+        assert_eq!(status, expected, "{body}: {answer}");
+        assert!(answer["message"].is_string(), "{answer}");
     }
+}
+
+#[tokio::test]
+async fn bad_ids_and_query_numbers_answer_json_400s_naming_the_field() {
+    let harness = harness();
+    let body = valid().to_string().into_bytes();
+    let (accepted, _) = call(&harness, "POST", "/task-runner", Some(KEY), body).await;
+    assert_eq!(accepted, StatusCode::ACCEPTED);
+    for (method, path, field) in [
+        ("GET", "/task-runner/t-1/logs?max_bytes=ten", "max_bytes"),
+        ("GET", "/task-runner/t-1/logs?max_bytes=0", "max_bytes"),
+        (
+            "GET",
+            "/task-runner/t-1/logs?max_bytes=99999999999",
+            "max_bytes",
+        ),
+        (
+            "GET",
+            "/task-runner/t-1/logs?max_bytes=1&max_bytes=2",
+            "max_bytes",
+        ),
+        ("GET", "/task-runner/t-1/history?after=-1", "after"),
+        ("GET", "/task-runner/a,b", "task_id"),
+        ("GET", "/task-runner/a,b/history", "task_id"),
+        ("DELETE", "/task-runner/a,b", "task_id"),
+        ("GET", "/task-runner/a,b/logs", "task_id"),
+        ("GET", "/task-runner?since=", "since"),
+    ] {
+        let (status, answer) = call(&harness, method, path, Some(KEY), vec![]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(field), "{path}: {message}");
+    }
+    let (status, answer) = call(&harness, "PUT", "/task-runner/t-1", Some(KEY), vec![]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        answer["message"].as_str().unwrap().contains("PUT"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn history_after_n_gives_only_the_newer_events() {
+    let harness = harness();
+    let body = valid().to_string().into_bytes();
+    let (accepted, _) = call(&harness, "POST", "/task-runner", Some(KEY), body).await;
+    assert_eq!(accepted, StatusCode::ACCEPTED);
+    let path = "/task-runner/t-1/history";
+    let (_, all) = call(&harness, "GET", path, Some(KEY), vec![]).await;
+    let all = all["events"].as_array().unwrap().clone();
+    assert!(!all.is_empty());
+    let ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=all.len() as u64).collect::<Vec<_>>());
+    let (status, newer) = call(
+        &harness,
+        "GET",
+        &format!("{path}?after=1"),
+        Some(KEY),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let newer = newer["events"].as_array().unwrap();
+    assert!(newer.len() >= all.len() - 1);
+    assert_eq!(newer[0]["id"], 2);
+    assert_eq!(newer[0]["event_type"], all[1]["event_type"]);
+    let (_, none) = call(
+        &harness,
+        "GET",
+        &format!("{path}?after=100000"),
+        Some(KEY),
+        vec![],
+    )
+    .await;
+    assert_eq!(none["events"], json!([]));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use crate::callback::{Delivery, DeliveryError};
 use crate::model::CallbackBody;
 use crate::ports::{LogTail, Outcome, TaskEnd, TaskPhase, TerminateReason};
 use crate::secret::Secret;
-use crate::task::{TaskSpec, callback_token_secret_name};
+use crate::task::{TaskSpec, callback_token_secret_name, task_token_secret_name};
 
 use super::{FinishInput, StepError, Steps, errors};
 
@@ -149,7 +149,21 @@ pub async fn finish_and_callback(
             .map(|run| run.submitted_at)
             .filter(|_| end.exit_code.is_some());
     }
-    let body = callback_body(&task, &end, tail);
+    // A task token kept for a worker that could not be piped it (CodeBuild) goes now; the
+    // token itself is refused from now on anyway, the task having ended.
+    if let Err(err) = steps
+        .secrets
+        .delete(&task_token_secret_name(&task.task_id))
+        .await
+    {
+        tracing::warn!(error = %err, "the task's token entry could not be deleted; the token is refused anyway, its task having ended");
+    }
+    let mut body = callback_body(&task, &end, tail);
+    body.children = steps
+        .children
+        .children(&task.task_id)
+        .await
+        .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
 
     let callback = match &task.callback_url {
         Some(url) => Some(deliver(steps, &task, url, &body).await?),
@@ -198,6 +212,7 @@ pub fn callback_body(task: &TaskSpec, end: &TaskEnd, tail: LogTail) -> CallbackB
             .started_at
             .map(|start| (end.finished_at - start).num_milliseconds() as f64 / 1000.0),
         logs_truncated: tail.truncated,
+        children: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::callback::CallbackSender;
+use crate::chain::ChildIndex;
 use crate::config::Config;
 use crate::ports::{
     Clock, ConcurrencyGate, PortError, SecretStore, TaskEnd, WorkerBackend, WorkerHandle,
@@ -86,6 +87,8 @@ pub struct Steps {
     pub callbacks: Arc<CallbackSender>,
     /// The line of tasks waiting to run, when the deployment limits running tasks.
     pub gate: Option<Arc<dyn ConcurrencyGate>>,
+    /// Where a task's children are found, for its callback.
+    pub children: ChildIndex,
 }
 
 /// The execution input: the validated task.

@@ -94,6 +94,7 @@ pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
         clock: clock.clone(),
         callbacks: Arc::new(CallbackSender::new(policy).unwrap()),
         gate: None,
+        children: Default::default(),
     };
     (steps, clock)
 }

@@ -35,6 +35,8 @@ pub const FUNCTIONS: &[&str] = &[
 pub const PROJECT: &str = "taskrunner-workers";
 /// The workers' log group.
 pub const LOG_GROUP: &str = "/taskrunner/workers";
+/// The stack's name (the state machine is `<stack>-tasks`, as the template names it).
+pub const STACK: &str = "taskrunner";
 /// The API key the deployment's `api-key` secret holds.
 pub const API_KEY: &str = "box-api-key";
 /// The bucket of the tasks directory (the template's `TasksBucket`); tasks under `tasks/`.
@@ -77,6 +79,8 @@ impl AwsBox {
         let front_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front_url = format!("http://{}", front_listener.local_addr().unwrap());
         let front_port = front_listener.local_addr().unwrap().port().to_string();
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", api_listener.local_addr().unwrap());
         let (moto, moto_url) = super::moto::spawn(&[("MOTO_PORT", front_port.as_str())]);
         let http = reqwest::Client::new();
         let answer = http
@@ -108,7 +112,7 @@ impl AwsBox {
         assert_eq!(status, 200, "CreateTable: {answer}");
 
         let codebuild = CodeBuild::new(&moto_url, &dir.path().join("builds"), LOG_GROUP, gitconfig);
-        let mut envs = template_env(&front_url, &state_machine_arn, extra_env);
+        let mut envs = template_env(&front_url, &api_url, &state_machine_arn, extra_env);
         let mut functions = HashMap::new();
         for name in FUNCTIONS {
             let binary = binaries.join(name);
@@ -133,7 +137,7 @@ impl AwsBox {
         });
         let app = Router::new().fallback(serve_front).with_state(front);
         tokio::spawn(async move { axum::serve(front_listener, app).await });
-        let api_url = gateway::start(Arc::clone(&functions["api"])).await;
+        gateway::serve(api_listener, Arc::clone(&functions["api"]));
         let aws = Self {
             _moto: moto,
             moto_url,
@@ -292,10 +296,11 @@ pub fn scheduled_event() -> Value {
 
 /// The environment `template.yaml` gives each function (by binary name), its `Globals` and
 /// its own `Environment`, with `!Ref`/`!Sub` resolved to this box's resources and the
-/// parameters' defaults; then the box's own settings (`AWS_ENDPOINT_URL`, a loopback
-/// callback receiver over HTTP) and `extra`.
+/// parameters' defaults; then the box's own settings (`AWS_ENDPOINT_URL`, the API's URL, a
+/// loopback callback receiver over HTTP) and `extra`.
 fn template_env(
     front: &str,
+    api_url: &str,
     state_machine_arn: &str,
     extra: &[(&str, &str)],
 ) -> HashMap<String, Vec<(String, String)>> {
@@ -344,6 +349,12 @@ print(json.dumps(out))
             "WorkerLogGroup" => LOG_GROUP.to_owned(),
             "TaskLineTable" => LINE_TABLE.to_owned(),
             "TasksBucket" => TASKS_BUCKET.to_owned(),
+            "HttpApi" => "box".to_owned(),
+            "AWS::Region" => "us-east-1".to_owned(),
+            "AWS::AccountId" => "123456789012".to_owned(),
+            "AWS::Partition" => "aws".to_owned(),
+            "AWS::URLSuffix" => "amazonaws.com".to_owned(),
+            "AWS::StackName" => STACK.to_owned(),
             parameter => match &doc["parameters"][parameter] {
                 Value::String(value) => value.clone(),
                 Value::Null => panic!("template.yaml: the box cannot resolve {name:?}"),
@@ -372,12 +383,12 @@ print(json.dumps(out))
     let mut all = HashMap::new();
     for name in FUNCTIONS {
         let mut env: Vec<(String, String)> = Vec::new();
-        let mut set = |key: &str, raw: String| {
+        let set = |env: &mut Vec<(String, String)>, key: &str, raw: String| {
             env.retain(|(k, _)| k != key);
             env.push((key.to_owned(), raw));
         };
         for (key, raw) in doc["globals"].as_object().unwrap() {
-            set(key, value(raw));
+            set(&mut env, key, value(raw));
         }
         let own = &doc["functions"][*name];
         assert!(
@@ -385,14 +396,26 @@ print(json.dumps(out))
             "template.yaml has no function {name}"
         );
         for (key, raw) in own.as_object().into_iter().flatten() {
-            set(key, value(raw));
+            set(&mut env, key, value(raw));
         }
-        set("AWS_ENDPOINT_URL", front.to_owned());
+        set(&mut env, "AWS_ENDPOINT_URL", front.to_owned());
+        if env.iter().any(|(k, _)| k == "TASKRUNNER_TASK_API_URL") {
+            // The API's public URL is this box's HTTP API stand-in.
+            set(&mut env, "TASKRUNNER_TASK_API_URL", api_url.to_owned());
+        }
         // The test's callback receiver is on loopback, over plain HTTP.
-        set("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", "true".to_owned());
-        set("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", "false".to_owned());
+        set(
+            &mut env,
+            "TASKRUNNER_CALLBACK_ALLOW_LOOPBACK",
+            "true".to_owned(),
+        );
+        set(
+            &mut env,
+            "TASKRUNNER_CALLBACK_REQUIRE_HTTPS",
+            "false".to_owned(),
+        );
         for (key, raw) in extra {
-            set(key, (*raw).to_owned());
+            set(&mut env, key, (*raw).to_owned());
         }
         all.insert((*name).to_owned(), env);
     }
@@ -406,7 +429,8 @@ async fn create_state_machine(http: &reqwest::Client, moto: &str) -> String {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/state-machine.asl.json"),
     )
     .unwrap();
-    let arn = |name: &str| format!("arn:aws:lambda:us-east-1:123456789012:function:{name}");
+    // `!Ref <Function>.Alias`: the function's "live" alias.
+    let arn = |name: &str| format!("arn:aws:lambda:us-east-1:123456789012:function:{name}:live");
     let definition = asl
         .replace("${SubmitFunctionArn}", &arn("submit"))
         .replace("${PollWorkerFunctionArn}", &arn("poll-worker"))
@@ -418,7 +442,7 @@ async fn create_state_machine(http: &reqwest::Client, moto: &str) -> String {
         http,
         moto,
         "AWSStepFunctions.CreateStateMachine",
-        &json!({"name": "taskrunner", "definition": definition,
+        &json!({"name": format!("{STACK}-tasks"), "definition": definition,
                 "roleArn": "arn:aws:iam::123456789012:role/taskrunner-states", "type": "STANDARD"}),
     )
     .await;

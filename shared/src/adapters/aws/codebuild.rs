@@ -26,19 +26,23 @@ mod logs;
 mod phases;
 mod request;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use aws_sdk_codebuild::config::http::HttpResponse;
 use aws_sdk_codebuild::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_codebuild::types::{
-    Build, BuildPhaseType, ProjectSource, SortOrderType, SourceType, StatusType,
+    Build, BuildPhaseType, EnvironmentVariable, ProjectSource, SortOrderType, SourceType,
+    StatusType,
 };
 use chrono::{DateTime, Utc};
 
+use crate::auth::task_token::TaskTokens;
 use crate::ports::{
-    LogTail, PortError, TaskPhase, TerminateReason, WorkerBackend, WorkerHandle, WorkerStatus,
-    WorkerSummary,
+    LogTail, PortError, SecretStore, TaskPhase, TerminateReason, WorkerBackend, WorkerHandle,
+    WorkerStatus, WorkerSummary,
 };
-use crate::task::{TaskId, TaskSpec};
+use crate::task::{TaskId, TaskSpec, task_token_secret_name};
 
 pub use request::{idempotency_token, timeout_minutes};
 
@@ -88,6 +92,14 @@ pub struct CodeBuildWorker {
     codebuild: aws_sdk_codebuild::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
     config: CodeBuildConfig,
+    task_api: Option<TaskApi>,
+}
+
+/// Where builds reach the API, and where their task tokens are minted and kept.
+struct TaskApi {
+    url: String,
+    tokens: TaskTokens,
+    secrets: Arc<dyn SecretStore>,
 }
 
 /// The retry settings the AWS clients should be built with: the standard mode, which retries
@@ -107,7 +119,32 @@ impl CodeBuildWorker {
             codebuild,
             logs,
             config,
+            task_api: None,
         }
+    }
+
+    /// Builds started from now on reach the API at `url` (`TASKRUNNER_API_URL`) with a task
+    /// token, kept in `secrets` under [`task_token_secret_name`] and handed to the build as a
+    /// Secrets Manager reference, so its value is in neither the StartBuild request nor the
+    /// execution history.
+    pub fn serve_tasks_at(mut self, url: impl Into<String>, secrets: Arc<dyn SecretStore>) -> Self {
+        self.task_api = Some(TaskApi {
+            url: url.into(),
+            tokens: TaskTokens::new(Arc::clone(&secrets)),
+            secrets,
+        });
+        self
+    }
+
+    /// The chaining variables of `spec`'s build (none without [`Self::serve_tasks_at`]).
+    async fn chain_env(&self, spec: &TaskSpec) -> Result<Vec<EnvironmentVariable>, PortError> {
+        let Some(api) = &self.task_api else {
+            return Ok(Vec::new());
+        };
+        let token = api.tokens.mint_for(spec).await?;
+        let name = task_token_secret_name(&spec.task_id);
+        api.secrets.put(&name, &token).await?;
+        request::chain_environment(&api.url, &self.config.secret_prefix, &name)
     }
 
     /// The build behind `handle`: by id, or (for a `task:` handle) by searching the newest
@@ -208,7 +245,8 @@ fn empty_tail() -> LogTail {
 #[async_trait]
 impl WorkerBackend for CodeBuildWorker {
     async fn start(&self, spec: &TaskSpec) -> Result<WorkerHandle, PortError> {
-        let plan = request::StartPlan::new(spec, &self.config)?;
+        let mut plan = request::StartPlan::new(spec, &self.config)?;
+        plan.env.extend(self.chain_env(spec).await?);
         let tasks = match &self.config.tasks_source {
             Some(location) => Some(vec![
                 ProjectSource::builder()

@@ -1,20 +1,18 @@
 //! `LocalGate`: the task line in SQLite, so places survive a restart.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
-use super::secrets::open_db;
 use crate::adapters::line::{LineEntry, LineLimits, decide};
 use crate::ports::{Admission, ConcurrencyGate, PortError};
+use crate::sqlite::Db;
 
 /// The embedded mode's [`ConcurrencyGate`].
 pub struct LocalGate {
-    db: Mutex<Connection>,
-    max_running: Option<usize>,
-    per_key: usize,
+    db: Db,
+    limits: LineLimits,
 }
 
 impl LocalGate {
@@ -25,27 +23,29 @@ impl LocalGate {
         max_running: Option<usize>,
         per_key: usize,
     ) -> Result<Self, PortError> {
-        let db = open_db(path)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS line (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                task_id TEXT NOT NULL UNIQUE,
-                key TEXT,
-                running INTEGER NOT NULL DEFAULT 0
-            );",
-        )
-        .map_err(gate_error)?;
-        Ok(Self {
-            db: Mutex::new(db),
-            max_running,
-            per_key: per_key.max(1),
+        let db = Db::open(path, "line-db", |conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS line (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    task_id TEXT NOT NULL UNIQUE,
+                    key TEXT,
+                    running INTEGER NOT NULL DEFAULT 0
+                );",
+            )
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .map_err(|err| {
+            PortError::Permanent(format!(
+                "cannot open the task line {}: {err}",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            db,
+            limits: LineLimits {
+                max_running,
+                per_key: per_key.max(1),
+            },
+        })
     }
 }
 
@@ -56,87 +56,74 @@ fn gate_error(err: rusqlite::Error) -> PortError {
 #[async_trait]
 impl ConcurrencyGate for LocalGate {
     async fn admit(&self, task_id: &str, key: Option<&str>) -> Result<Admission, PortError> {
-        let mut db = self.lock();
-        let tx = db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(gate_error)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO line (task_id, key) VALUES (?1, ?2)",
-            params![task_id, key],
-        )
-        .map_err(gate_error)?;
-        let already: Option<bool> = tx
-            .query_row(
-                "SELECT running FROM line WHERE task_id = ?1",
-                params![task_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(gate_error)?;
-        if already == Some(true) {
-            return Ok(Admission::Admitted);
-        }
-        let line: Vec<LineEntry> = {
-            let mut statement = tx
-                .prepare("SELECT task_id, key, running FROM line ORDER BY seq")
-                .map_err(gate_error)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok(LineEntry {
-                        task_id: row.get(0)?,
-                        key: row.get(1)?,
-                        running: row.get(2)?,
-                    })
-                })
-                .map_err(gate_error)?;
-            rows.collect::<Result<_, _>>().map_err(gate_error)?
-        };
-        let admission = decide(
-            &line,
-            task_id,
-            LineLimits {
-                max_running: self.max_running,
-                per_key: self.per_key,
-            },
-        );
-        if admission == Admission::Admitted {
-            tx.execute(
-                "UPDATE line SET running = 1 WHERE task_id = ?1",
-                params![task_id],
-            )
-            .map_err(gate_error)?;
-        }
-        tx.commit().map_err(gate_error)?;
-        Ok(admission)
+        let (task_id, key, limits) = (task_id.to_owned(), key.map(str::to_owned), self.limits);
+        self.db
+            .write_relaxed(move |tx| {
+                tx.prepare_cached("INSERT OR IGNORE INTO line (task_id, key) VALUES (?1, ?2)")?
+                    .execute(params![task_id, key])?;
+                let already: Option<bool> = tx
+                    .prepare_cached("SELECT running FROM line WHERE task_id = ?1")?
+                    .query_row(params![task_id], |row| row.get(0))
+                    .optional()?;
+                if already == Some(true) {
+                    return Ok(Admission::Admitted);
+                }
+                let line: Vec<LineEntry> = tx
+                    .prepare_cached("SELECT task_id, key, running FROM line ORDER BY seq")?
+                    .query_map([], |row| {
+                        Ok(LineEntry {
+                            task_id: row.get(0)?,
+                            key: row.get(1)?,
+                            running: row.get(2)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let admission = decide(&line, &task_id, limits);
+                if admission == Admission::Admitted {
+                    tx.prepare_cached("UPDATE line SET running = 1 WHERE task_id = ?1")?
+                        .execute(params![task_id])?;
+                }
+                Ok(admission)
+            })
+            .await
+            .map_err(gate_error)
     }
 
     async fn release(&self, task_id: &str) -> Result<(), PortError> {
-        self.lock()
-            .execute("DELETE FROM line WHERE task_id = ?1", params![task_id])
-            .map_err(gate_error)?;
-        Ok(())
+        let task_id = task_id.to_owned();
+        self.db
+            .write_relaxed(move |tx| {
+                tx.prepare_cached("DELETE FROM line WHERE task_id = ?1")?
+                    .execute(params![task_id])
+                    .map(drop)
+            })
+            .await
+            .map_err(gate_error)
     }
 
     async fn running_with_key(&self, key: &str) -> Result<Vec<String>, PortError> {
-        let db = self.lock();
-        let mut statement = db
-            .prepare("SELECT task_id FROM line WHERE key = ?1 AND running = 1 ORDER BY seq")
-            .map_err(gate_error)?;
-        let rows = statement
-            .query_map(params![key], |row| row.get(0))
-            .map_err(gate_error)?;
-        rows.collect::<Result<_, _>>().map_err(gate_error)
+        let key = key.to_owned();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT task_id FROM line WHERE key = ?1 AND running = 1 ORDER BY seq",
+                )?
+                .query_map(params![key], |row| row.get(0))?
+                .collect::<Result<_, _>>()
+            })
+            .await
+            .map_err(gate_error)
     }
 
     async fn holders(&self) -> Result<Vec<String>, PortError> {
-        let db = self.lock();
-        let mut statement = db
-            .prepare("SELECT task_id FROM line ORDER BY seq")
-            .map_err(gate_error)?;
-        let rows = statement
-            .query_map([], |row| row.get(0))
-            .map_err(gate_error)?;
-        rows.collect::<Result<_, _>>().map_err(gate_error)
+        self.db
+            .read(|conn| {
+                conn.prepare_cached("SELECT task_id FROM line ORDER BY seq")?
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .await
+            .map_err(gate_error)
     }
 }
 

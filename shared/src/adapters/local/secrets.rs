@@ -8,24 +8,24 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
 use crate::ports::{PortError, SecretEntry, SecretStore};
 use crate::secret::Secret;
+use crate::sqlite::Db;
 
 /// Environment variable that supplies the master key instead of the key file.
 pub const MASTER_KEY_ENV: &str = "TASKRUNNER_MASTER_KEY";
 
 /// The embedded mode's secret store.
 pub struct LocalSecretStore {
-    db: Mutex<Connection>,
+    db: Db,
     cipher: ChaCha20Poly1305,
 }
 
@@ -42,52 +42,27 @@ impl LocalSecretStore {
 
     /// Opens the database at `path` with an explicit key.
     pub fn open_with_key(path: &Path, key: &[u8; 32]) -> Result<Self, PortError> {
-        let db = open_db(path)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS secrets (
-                name TEXT PRIMARY KEY,
-                nonce BLOB NOT NULL,
-                sealed BLOB NOT NULL,
-                created_at TEXT NOT NULL,
-                updated_at TEXT NOT NULL
-            );",
-        )
-        .map_err(db_error)?;
-        let cipher = ChaCha20Poly1305::new_from_slice(key)
-            .map_err(|_| PortError::Permanent("master key must be 32 bytes".into()))?;
-        Ok(Self {
-            db: Mutex::new(db),
-            cipher,
+        let db = Db::open(path, "secrets-db", |conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS secrets (
+                    name TEXT PRIMARY KEY,
+                    nonce BLOB NOT NULL,
+                    sealed BLOB NOT NULL,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL
+                );",
+            )
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Opens a SQLite file the way every embedded store does: WAL, NORMAL sync, busy timeout.
-pub fn open_db(path: &Path) -> Result<Connection, PortError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|err| {
+        .map_err(|err| {
             PortError::Permanent(format!(
-                "cannot create data directory {}: {err}",
-                dir.display()
+                "cannot open the secret store {}: {err}",
+                path.display()
             ))
         })?;
+        let cipher = ChaCha20Poly1305::new_from_slice(key)
+            .map_err(|_| PortError::Permanent("master key must be 32 bytes".into()))?;
+        Ok(Self { db, cipher })
     }
-    let db = Connection::open(path).map_err(|err| {
-        PortError::Permanent(format!("cannot open database {}: {err}", path.display()))
-    })?;
-    db.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(db_error)?;
-    db.pragma_update(None, "journal_mode", "WAL")
-        .map_err(db_error)?;
-    db.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(db_error)?;
-    Ok(db)
 }
 
 fn db_error(err: rusqlite::Error) -> PortError {
@@ -180,14 +155,15 @@ fn parse_time(text: String) -> DateTime<Utc> {
 #[async_trait]
 impl SecretStore for LocalSecretStore {
     async fn get(&self, name: &str) -> Result<Option<Secret>, PortError> {
+        let key = name.to_owned();
         let row: Option<(Vec<u8>, Vec<u8>)> = self
-            .lock()
-            .query_row(
-                "SELECT nonce, sealed FROM secrets WHERE name = ?1",
-                params![name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
+            .db
+            .read(move |conn| {
+                conn.prepare_cached("SELECT nonce, sealed FROM secrets WHERE name = ?1")?
+                    .query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .await
             .map_err(db_error)?;
         let Some((nonce, sealed)) = row else {
             return Ok(None);
@@ -229,43 +205,53 @@ impl SecretStore for LocalSecretStore {
             )
             .map_err(|_| PortError::Permanent(format!("secret {name:?} could not be sealed")))?;
         let now = Utc::now().to_rfc3339();
-        self.lock()
-            .execute(
-                "INSERT INTO secrets (name, nonce, sealed, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4)
-                 ON CONFLICT(name) DO UPDATE SET nonce = ?2, sealed = ?3, updated_at = ?4",
-                params![name, nonce.to_vec(), sealed, now],
-            )
-            .map_err(db_error)?;
-        Ok(())
+        let name = name.to_owned();
+        self.db
+            .write(move |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO secrets (name, nonce, sealed, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)
+                     ON CONFLICT(name) DO UPDATE SET nonce = ?2, sealed = ?3, updated_at = ?4",
+                )?
+                .execute(params![name, nonce.to_vec(), sealed, now])
+                .map(drop)
+            })
+            .await
+            .map_err(db_error)
     }
 
     async fn delete(&self, name: &str) -> Result<bool, PortError> {
+        let name = name.to_owned();
         let deleted = self
-            .lock()
-            .execute("DELETE FROM secrets WHERE name = ?1", params![name])
+            .db
+            .write_relaxed(move |tx| {
+                tx.prepare_cached("DELETE FROM secrets WHERE name = ?1")?
+                    .execute(params![name])
+            })
+            .await
             .map_err(db_error)?;
         Ok(deleted > 0)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<SecretEntry>, PortError> {
-        let db = self.lock();
-        let mut statement = db
-            .prepare(
-                "SELECT name, created_at, updated_at FROM secrets
-                 WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
-            )
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map(params![prefix], |row| {
-                Ok(SecretEntry {
-                    name: row.get(0)?,
-                    created_at: parse_time(row.get(1)?),
-                    updated_at: parse_time(row.get(2)?),
-                })
+        let prefix = prefix.to_owned();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT name, created_at, updated_at FROM secrets
+                     WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+                )?
+                .query_map(params![prefix], |row| {
+                    Ok(SecretEntry {
+                        name: row.get(0)?,
+                        created_at: parse_time(row.get(1)?),
+                        updated_at: parse_time(row.get(2)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
             })
-            .map_err(db_error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+            .await
+            .map_err(db_error)
     }
 }
 

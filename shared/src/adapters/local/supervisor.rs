@@ -6,7 +6,7 @@
 //! the repositories, runs the startup script and the task, masks secret values in the log,
 //! enforces the timeout, stops the task on SIGTERM, and writes `end.json`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -70,6 +70,10 @@ pub struct SupervisorInput {
     pub workspace: PathBuf,
     /// The task's log file.
     pub log_file: PathBuf,
+    /// Variables the deployment sets for every task (`TASKRUNNER_API_URL`, `PATH`); they
+    /// win over the inherited ones.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// The body of `taskrunner worker-supervise --dir DIR`: reads the [`SupervisorInput`] JSON
@@ -127,6 +131,20 @@ fn record_end(worker: &WorkerDir, end: &TaskEnd) -> i32 {
             eprintln!("cannot write {}: {error}", worker.end().display());
             1
         }
+    }
+}
+
+/// Puts the supervisor in a session of its own, so that the server's terminal, its signals
+/// and its death do not reach the task. Call it first thing in the supervisor process:
+/// [`super::worker::LocalWorker`] starts it without a pre_exec hook (so with posix_spawn),
+/// hence not as a group leader, and setsid succeeds.
+pub fn enter_own_session() {
+    // SAFETY: setsid only changes this process's session; it touches no memory.
+    if unsafe { libc::setsid() } < 0 {
+        eprintln!(
+            "warning: the worker supervisor cannot start a session of its own: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -393,7 +411,8 @@ impl<'a> Supervisor<'a> {
             .env("HOME", &input.workspace)
             .env("TMPDIR", input.workspace.join(".tmp"))
             .env("PYTHONUNBUFFERED", "1")
-            .envs(&spec.env);
+            .envs(&spec.env)
+            .envs(&input.env);
         for secret in &input.task_secrets {
             command.env(&secret.env, secret.value.0.expose());
         }

@@ -5,9 +5,10 @@
 //! directory `data_dir/workers/<task_id>/`; the workspace is `data_dir/workspaces/<task_id>/`
 //! and the log `data_dir/logs/<task_id>.log`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use super::layout::{
     read_pid, signal_ok, write_json,
 };
 use super::supervisor::{PipedSecret, SupervisorInput, TaskSecret};
+use crate::auth::task_token::TaskTokens;
 use crate::ports::{
     LogTail, Outcome, PortError, SecretStore, TaskEnd, TaskPhase, TerminateReason, WorkerBackend,
     WorkerHandle, WorkerStatus, WorkerSummary,
@@ -74,16 +76,59 @@ pub struct LocalWorker {
     config: LocalWorkerConfig,
     secrets: Arc<dyn SecretStore>,
     on_end: Option<TaskEndHook>,
+    tokens: TaskTokens,
+    api_url: OnceLock<String>,
 }
+
+/// The environment variable a task finds its task token in.
+pub const TASK_TOKEN_ENV: &str = "TASKRUNNER_TASK_TOKEN";
 
 impl LocalWorker {
     /// A backend over `config`, reading secret values from `secrets`.
     pub fn new(config: LocalWorkerConfig, secrets: Arc<dyn SecretStore>) -> Self {
         Self {
             config,
+            tokens: TaskTokens::new(Arc::clone(&secrets)),
             secrets,
             on_end: None,
+            api_url: OnceLock::new(),
         }
+    }
+
+    /// The API tasks started from now on reach (`TASKRUNNER_API_URL`), with a task token
+    /// (`TASKRUNNER_TASK_TOKEN`) to start children. Without it, tasks get neither.
+    pub fn serve_tasks_at(&self, api_url: impl Into<String>) {
+        let _ = self.api_url.set(api_url.into());
+    }
+
+    /// What chaining adds to a task's environment: the API's URL and the `taskrunner`
+    /// binary's directory first on `PATH`, and the task token (a secret: masked, piped).
+    async fn chain_env(
+        &self,
+        spec: &TaskSpec,
+    ) -> Result<(BTreeMap<String, String>, Option<TaskSecret>), PortError> {
+        let mut env = BTreeMap::new();
+        if let Some(bin) = self.config.supervisor_program.parent() {
+            let path = std::env::var("PATH").unwrap_or_default();
+            env.insert(
+                "PATH".to_owned(),
+                format!("{}:{path}", bin.display())
+                    .trim_end_matches(':')
+                    .to_owned(),
+            );
+        }
+        let Some(url) = self.api_url.get() else {
+            return Ok((env, None));
+        };
+        env.insert("TASKRUNNER_API_URL".to_owned(), url.clone());
+        let token = self.tokens.mint_for(spec).await?;
+        Ok((
+            env,
+            Some(TaskSecret {
+                env: TASK_TOKEN_ENV.to_owned(),
+                value: PipedSecret(token),
+            }),
+        ))
     }
 
     /// Called with the task id whenever a worker's task ends (to wake the waiting execution).
@@ -218,15 +263,10 @@ impl LocalWorker {
             .stdin(Stdio::piped())
             .stdout(Stdio::from(output))
             .stderr(Stdio::from(errors));
-        // SAFETY: setsid only detaches the child into its own session; it allocates nothing.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // No pre_exec hook: without one the child is started with posix_spawn (vfork-like),
+        // not fork, which would copy the server's page tables and make it take a
+        // copy-on-write fault for every page it touches afterwards. The supervisor puts
+        // itself in its own session first thing (`worker-supervise` calls `setsid`).
         let mut child = command.spawn().map_err(|e| {
             format!(
                 "cannot start the worker supervisor {}: {e}",
@@ -406,7 +446,9 @@ impl WorkerBackend for LocalWorker {
         if worker.start_lock().exists() || worker.terminate_marker().exists() {
             return Ok(handle);
         }
-        let (task_secrets, git_tokens) = self.fetch_secrets(spec).await?;
+        let (mut task_secrets, git_tokens) = self.fetch_secrets(spec).await?;
+        let (env, token) = self.chain_env(spec).await?;
+        task_secrets.extend(token);
         std::fs::create_dir_all(&worker.dir)
             .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
         // The lock makes concurrent starts of one task start one supervisor.
@@ -432,6 +474,7 @@ impl WorkerBackend for LocalWorker {
             python: self.config.python.clone(),
             workspace: self.workspace(task_id),
             log_file: self.log_file(task_id),
+            env,
         };
         if let Err(reason) = self.spawn_supervisor(&worker, &input).await {
             let _ = std::fs::remove_file(worker.start_lock());

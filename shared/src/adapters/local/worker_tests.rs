@@ -23,6 +23,7 @@ fn supervisor_entry() {
     let Some(dir) = std::env::var_os(DIR_VAR) else {
         return;
     };
+    crate::adapters::local::supervisor::enter_own_session();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -35,9 +35,9 @@ impl Position {
 
 impl Store {
     /// One page of executions matching `query`, newest first.
-    pub fn page(&self, query: &PageQuery) -> Result<ExecutionPage, EngineError> {
+    pub async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, EngineError> {
         let mut conditions: Vec<&str> = Vec::new();
-        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+        let mut args: Vec<Box<dyn ToSql + Send>> = Vec::new();
         if let Some(status) = query.status {
             conditions.push("status = ?");
             args.push(Box::new(status_text(status)));
@@ -69,8 +69,7 @@ impl Store {
             format!("WHERE {}", conditions.join(" AND "))
         };
         let clause = format!("{filter} ORDER BY started_at DESC, name DESC LIMIT ?");
-        let refs: Vec<&dyn ToSql> = args.iter().map(|arg| arg.as_ref()).collect();
-        let mut executions = self.views(&clause, &refs)?;
+        let mut executions = self.views(clause, args).await?;
         let more = executions.len() > limit;
         executions.truncate(limit);
         let next_token = match executions.last() {

@@ -96,9 +96,10 @@ fn open(
     Engine::open(db, definition, &HashMap::new(), handlers, clock).expect("engine opens")
 }
 
-fn event_types(engine: &Engine, name: &str) -> Vec<String> {
+async fn event_types(engine: &Engine, name: &str) -> Vec<String> {
     engine
         .history(name)
+        .await
         .expect("history")
         .into_iter()
         .map(|e| e.event_type)

@@ -54,7 +54,7 @@ async fn a_wait_resumes_from_its_stored_deadline_after_a_restart() {
         "the Wait ended at its stored deadline, not an hour after the restart"
     );
     assert_eq!(
-        event_types(&engine, "c"),
+        event_types(&engine, "c").await,
         [
             "ExecutionStarted",
             "WaitStateEntered",
@@ -113,7 +113,7 @@ async fn a_task_in_progress_at_a_crash_runs_again() {
         2,
         "run again after the restart: at least once"
     );
-    let types = event_types(&engine, "t");
+    let types = event_types(&engine, "t").await;
     assert_eq!(types.iter().filter(|t| *t == "TaskScheduled").count(), 2);
 }
 

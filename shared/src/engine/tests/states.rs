@@ -93,7 +93,7 @@ async fn null_result_path_keeps_input_and_null_output_path_gives_empty_object() 
     let engine = open(&dir.path().join("e.db"), definition, vec![], &clock);
     let view = run_to_end(&engine, "paths", json!({"in": true})).await;
     assert_eq!(view.output, Some(json!({})));
-    let history = engine.history("paths").expect("history");
+    let history = engine.history("paths").await.expect("history");
     let keep_exit = history
         .iter()
         .find(|e| e.event_type == "PassStateExited" && e.state.as_deref() == Some("Keep"))
@@ -139,7 +139,7 @@ async fn choice_routes_by_rule_order_and_fails_without_match_or_default() {
             assert_eq!(view.status, ExecutionStatus::Failed);
             assert_eq!(view.error.as_deref(), Some("States.NoChoiceMatched"));
             assert_eq!(
-                event_types(&engine, name),
+                event_types(&engine, name).await,
                 ["ExecutionStarted", "ChoiceStateEntered", "ExecutionFailed"]
             );
         }
@@ -171,7 +171,12 @@ async fn persisted_delays(engine: &Engine, clock: &ManualClock, name: &str) -> V
     let mut delays = Vec::new();
     loop {
         runner::run(engine, name).await.expect("run");
-        let cursor = engine.store.cursor(name).expect("cursor").expect("exists");
+        let cursor = engine
+            .store
+            .cursor(name)
+            .await
+            .expect("cursor")
+            .expect("exists");
         let Some(wake_at) = cursor.wake_at else { break };
         if cursor.status != ExecutionStatus::Running {
             break;
@@ -267,7 +272,7 @@ async fn max_attempts_zero_never_retries_and_goes_to_catch() {
     assert_eq!(calls.count(), 1);
     assert_eq!(view.current_state.as_deref(), Some("Caught"));
     assert_eq!(
-        event_types(&engine, "z"),
+        event_types(&engine, "z").await,
         [
             "ExecutionStarted",
             "TaskStateEntered",
@@ -358,7 +363,7 @@ async fn timeout_seconds_raises_states_timeout_which_task_failed_does_not_catch(
     let view = run_to_end(&engine, "slow", json!({})).await;
     assert_eq!(view.status, ExecutionStatus::Failed);
     assert_eq!(view.error.as_deref(), Some("States.Timeout"));
-    let types = event_types(&engine, "slow");
+    let types = event_types(&engine, "slow").await;
     assert_eq!(
         types[types.len() - 2..],
         ["TaskTimedOut", "ExecutionFailed"]
@@ -447,7 +452,7 @@ async fn stop_aborts_and_nothing_runs_after() {
     assert_eq!(view.error.as_deref(), Some("User.Cancelled"));
     assert_eq!(view.current_state.as_deref(), Some("Sleep"));
     assert_eq!(
-        event_types(&engine, "s"),
+        event_types(&engine, "s").await,
         ["ExecutionStarted", "WaitStateEntered", "ExecutionAborted"]
     );
     assert!(engine.stop("missing", "E", "C").await.is_err());
@@ -465,7 +470,7 @@ async fn wake_cuts_a_wait_short() {
         .await
         .expect("start");
     runner::run(&engine, "w").await.expect("run");
-    engine.wake("w");
+    engine.cut_wait_short("w").await;
     engine.run_until_idle().await.expect("idle");
     let view = engine
         .describe("w")
@@ -490,7 +495,7 @@ async fn waits_end_at_their_seconds_and_timestamps() {
     )
     .await;
     assert_eq!(view.status, ExecutionStatus::Succeeded);
-    let history = engine.history("waits").expect("history");
+    let history = engine.history("waits").await.expect("history");
     let exits: Vec<_> = history
         .iter()
         .filter(|e| e.event_type == "WaitStateExited")

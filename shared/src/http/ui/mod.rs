@@ -15,6 +15,7 @@ mod view;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -29,7 +30,7 @@ use crate::listing::{ListQuery, RawListQuery};
 use crate::secret::Secret;
 use crate::service::ApiError;
 
-use super::tasks::log_tail;
+use super::tasks::{MAX_AFTER, log_tail, query_number};
 use super::{AppState, error_response};
 use graph::Graph;
 use session::{COOKIE, Session, SessionKey};
@@ -184,8 +185,16 @@ struct LoginForm {
 async fn login(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let Ok(Form(form)) = form else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            page::login(Some(
+                "The form must carry api_key; enter your API key below.",
+            )),
+        );
+    };
     let key = Secret::new(form.api_key.trim());
     let header = format!("Bearer {}", key.expose());
     let name = match ui.app.api_keys.check(Some(&header)).await {
@@ -230,13 +239,14 @@ async fn logout(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
     PageSession(session): PageSession,
-    Form(form): Form<LogoutForm>,
+    form: Result<Form<LogoutForm>, FormRejection>,
 ) -> Response {
     let key = match ui.key().await {
         Ok(key) => key,
         Err(response) => return response,
     };
-    if !key.csrf_ok(&session, &form.csrf_token) {
+    let token = form.map(|Form(form)| form.csrf_token).unwrap_or_default();
+    if !key.csrf_ok(&session, &token) {
         return csrf_refused();
     }
     let mut response = Redirect::to("/ui/login").into_response();
@@ -263,9 +273,18 @@ async fn list_page(State(ui): State<Arc<Ui>>, PageSession(session): PageSession)
 
 async fn task_page(
     State(ui): State<Arc<Ui>>,
-    PageSession(session): PageSession,
+    headers: HeaderMap,
     Path(task_id): Path<String>,
 ) -> Response {
+    // A malformed id is refused before the session is looked at: no login makes it valid.
+    if let Err(why) = crate::task::TaskId::parse(&task_id) {
+        return ApiError::new(400, format!("task_id: {why}")).into_response();
+    }
+    let session = match ui.session(&headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Redirect::to("/ui/login").into_response(),
+        Err(response) => return response,
+    };
     let key = match ui.key().await {
         Ok(key) => key,
         Err(response) => return response,
@@ -275,6 +294,19 @@ async fn task_page(
         Err(err) => return ApiError::from(err).into_response(),
     };
     let summary = execution.as_ref().and_then(view::request_summary);
+    let parent = execution
+        .as_ref()
+        .and_then(|execution| execution.input.pointer("/task/parent_task_id"))
+        .and_then(serde_json::Value::as_str);
+    let children = match &execution {
+        Some(execution) => {
+            match crate::chain::children(ui.app.service.orchestrator.as_ref(), execution).await {
+                Ok(children) => children,
+                Err(err) => return ApiError::from(err).into_response(),
+            }
+        }
+        None => Vec::new(),
+    };
     let status = if execution.is_some() {
         StatusCode::OK
     } else {
@@ -287,6 +319,10 @@ async fn task_page(
             &task_id,
             summary.as_ref(),
             &ui.graph_svg,
+            &page::Family {
+                parent,
+                children: &children,
+            },
         ),
     )
 }
@@ -344,27 +380,39 @@ async fn api_list(
     }
 }
 
+#[derive(Deserialize)]
+struct TaskParams {
+    after: Option<String>,
+}
+
+/// The task page's refresh: the status and only the history events it has not seen.
 async fn api_task(
     State(ui): State<Arc<Ui>>,
     _session: ApiSession,
     Path(task_id): Path<String>,
+    query: Result<Query<TaskParams>, QueryRejection>,
 ) -> Response {
+    let after = match query_number(query, "after", |q| q.after, 0, MAX_AFTER) {
+        Ok(after) => after.unwrap_or(0),
+        Err(err) => return err.into_response(),
+    };
     let service = &ui.app.service;
     let status = match service.status(&task_id).await {
         Ok(status) => status,
         Err(err) => return err.into_response(),
     };
-    let (execution, history) = match tokio::try_join!(
+    let skipped = usize::try_from(after).unwrap_or(usize::MAX);
+    let (execution, events) = match tokio::try_join!(
         service.orchestrator.describe(&task_id),
-        service.orchestrator.history(&task_id)
+        service.orchestrator.history_after(&task_id, skipped)
     ) {
-        Ok((Some(execution), history)) => (execution, history),
+        Ok((Some(execution), events)) => (execution, events),
         Ok((None, _)) => {
             return ApiError::new(404, format!("no task with task_id {task_id:?}")).into_response();
         }
         Err(err) => return ApiError::from(err).into_response(),
     };
-    Json(view::task_view(status, &execution, &history)).into_response()
+    Json(view::task_view(status, &execution, after, &events)).into_response()
 }
 
 async fn api_logs(

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::view::RequestSummary;
+use crate::chain::ChildRef;
 
 /// Text made safe for HTML content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -109,7 +110,9 @@ pub fn task_page(
     task_id: &str,
     summary: Option<&RequestSummary>,
     graph_svg: &str,
+    family: &Family<'_>,
 ) -> String {
+    let family = family_html(family);
     let mut facts = String::new();
     if let Some(summary) = summary {
         let mut row = |name: &str, value: &str| {
@@ -150,6 +153,7 @@ pub fn task_page(
 <div class="columns">
 <div><h2>State machine</h2><div id="graph">{graph_svg}</div></div>
 <div><h2>Request</h2><dl id="summary">{facts}</dl>
+{family}
 <h2>Callback attempts</h2>
 <table id="callbacks"><thead><tr><th>Time</th><th>Result</th><th>HTTP status / error</th><th>webhook-id</th></tr></thead><tbody></tbody></table>
 <p class="muted" id="callbacks-note"></p></div>
@@ -164,6 +168,42 @@ pub fn task_page(
     )
 }
 
+/// A task's place in a chain: the task that started it and the tasks it started.
+#[derive(Default)]
+pub struct Family<'a> {
+    /// The parent's id, for a child task.
+    pub parent: Option<&'a str>,
+    /// The children, in the order they were started.
+    pub children: &'a [ChildRef],
+}
+
+/// The chain as links: up to the parent, down to each child with its status (as of the
+/// page's load). Nothing for a task outside any chain.
+fn family_html(family: &Family<'_>) -> String {
+    let link = |id: &str| format!(r#"<a href="/ui/tasks/{id}">{id}</a>"#, id = escape(id));
+    let mut html = String::new();
+    if let Some(parent) = family.parent {
+        let _ = write!(
+            html,
+            "<h2>Started by</h2><p id=\"parent\">{}</p>",
+            link(parent)
+        );
+    }
+    if !family.children.is_empty() {
+        html.push_str("<h2>Children</h2><ul id=\"children\">");
+        for child in family.children {
+            let _ = write!(
+                html,
+                r#"<li>{} <span class="badge">{}</span></li>"#,
+                link(&child.task_id),
+                escape(&child.status)
+            );
+        }
+        html.push_str("</ul>");
+    }
+    html
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,8 +214,25 @@ mod tests {
             escape(r#"<a href="x">'&"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
         );
-        let page = task_page("t", "<script>", None, "");
+        let page = task_page("t", "<script>", None, "", &Family::default());
         assert!(!page.contains("<script>alert"));
         assert!(page.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn a_chained_task_links_to_its_parent_and_children() {
+        let children = [ChildRef {
+            task_id: "deploy-1.train".into(),
+            status: "running".into(),
+        }];
+        let family = Family {
+            parent: Some("deploy-1"),
+            children: &children,
+        };
+        let page = task_page("t", "deploy-1.eval", None, "", &family);
+        assert!(page.contains(r#"<a href="/ui/tasks/deploy-1">deploy-1</a>"#));
+        assert!(page.contains(r#"<a href="/ui/tasks/deploy-1.train">deploy-1.train</a> <span class="badge">running</span>"#));
+        let alone = task_page("t", "x", None, "", &Family::default());
+        assert!(!alone.contains("Children") && !alone.contains("Started by"));
     }
 }

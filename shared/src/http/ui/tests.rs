@@ -125,3 +125,42 @@ async fn forged_cookies_and_cancels_without_the_csrf_token_are_refused() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn the_task_page_refresh_carries_only_the_events_it_has_not_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_embedded, router) = app(dir.path(), Config::default());
+    let submit = Request::builder()
+        .method("POST")
+        .uri("/task-runner")
+        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+        .body(Body::from(super::super::tests::valid().to_string()))
+        .unwrap();
+    let accepted = router.clone().oneshot(submit).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let cookie = session_cookie(&login(&router, KEY, "http").await);
+    let json = |response| async move {
+        serde_json::from_str::<serde_json::Value>(&text(response).await).unwrap()
+    };
+
+    let first = json(get(&router, "/ui/api/tasks/t-1?after=0", Some(&cookie)).await).await;
+    let total = first["events_total"].as_u64().unwrap();
+    assert!(total >= 1, "{first}");
+    assert_eq!(first["events"][0]["id"], 1);
+    assert_eq!(first["events"][0]["event_type"], "ExecutionStarted");
+
+    let next = format!("/ui/api/tasks/t-1?after={total}");
+    let later = json(get(&router, &next, Some(&cookie)).await).await;
+    assert!(later["events_total"].as_u64().unwrap() >= total);
+    let ids: Vec<u64> = later["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.iter().all(|id| *id > total), "{later}");
+    assert_eq!(later["status"]["task_id"], "t-1");
+
+    let bad = get(&router, "/ui/api/tasks/t-1?after=x", Some(&cookie)).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}

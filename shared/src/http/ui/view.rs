@@ -16,38 +16,34 @@ use super::graph::{END, START};
 /// The state that delivers callbacks; each of its attempts is one delivery attempt.
 const CALLBACK_STATE: &str = "FinishAndCallback";
 
-/// Events sent to the page: the newest ones (a long task has thousands).
-const EVENTS_SHOWN: usize = 200;
-
-/// `GET /ui/api/tasks/{task_id}`.
+/// `GET /ui/api/tasks/{task_id}?after=N`: the status, and the history events past the N-th
+/// the page has seen. The page keeps the path taken and the callback attempts itself, from
+/// the events, so a refresh carries only what is new.
 #[derive(Debug, Serialize)]
 pub struct TaskView {
     /// The status, as `GET /task-runner/{task_id}` gives it.
     pub status: TaskStatus,
-    /// Where the execution went.
-    pub path: PathTaken,
-    /// The newest history events, oldest first.
-    pub events: Vec<EventRow>,
-    /// How many events the history holds in all.
-    pub events_total: usize,
-    /// Each attempt to deliver the callback.
-    pub callbacks: Vec<CallbackAttempt>,
-}
-
-/// The states entered, in order, and the transitions taken (`FROM>TO`).
-#[derive(Debug, Default, PartialEq, Serialize)]
-pub struct PathTaken {
     /// The state the execution is in, or ended in.
     pub current: Option<String>,
-    /// Every state entered at least once.
-    pub states: Vec<String>,
-    /// Every transition taken at least once.
-    pub edges: Vec<String>,
+    /// Whether the execution has ended (its last state leads to the end).
+    pub ended: bool,
+    /// The history events past the asked position, oldest first.
+    pub events: Vec<EventRow>,
+    /// How many events the history holds in all: the next refresh's `after`.
+    pub events_total: u64,
+    /// The state whose runs are callback attempts.
+    pub callback_state: &'static str,
+    /// The entry and exit pseudo-states of the graph.
+    pub start: &'static str,
+    /// See `start`.
+    pub end: &'static str,
 }
 
 /// One history event, as the page lists it.
 #[derive(Debug, Serialize)]
 pub struct EventRow {
+    /// Its position in the history, from 1.
+    pub id: u64,
     /// When.
     pub timestamp: DateTime<Utc>,
     /// Such as `TaskStateEntered`.
@@ -56,13 +52,14 @@ pub struct EventRow {
     pub state: Option<String>,
     /// Error and cause, for failures.
     pub detail: Option<String>,
+    /// For the end of a callback attempt: what became of it.
+    pub callback: Option<CallbackResult>,
 }
 
-/// One callback delivery attempt.
+/// How one callback delivery attempt ended (it started at the callback state's
+/// `TaskStarted` before it).
 #[derive(Debug, PartialEq, Serialize)]
-pub struct CallbackAttempt {
-    /// When it was made.
-    pub at: DateTime<Utc>,
+pub struct CallbackResult {
     /// Whether the receiver accepted it.
     pub delivered: bool,
     /// The receiver's HTTP status, when it answered.
@@ -73,37 +70,38 @@ pub struct CallbackAttempt {
     pub webhook_id: String,
 }
 
-/// Builds the page's view.
+/// Builds the page's view from the events past the `after`-th.
 pub fn task_view(
     status: TaskStatus,
     execution: &ExecutionView,
-    history: &[ExecutionEvent],
+    after: u64,
+    events: &[ExecutionEvent],
 ) -> TaskView {
-    let has_callback = status.callback.is_some();
     let webhook_id = status
         .callback
         .as_ref()
-        .map(|callback| callback.webhook_id.clone())
-        .unwrap_or_else(|| format!("msg_{}", execution.name));
-    let rows = history
-        .iter()
-        .skip(history.len().saturating_sub(EVENTS_SHOWN));
+        .map(|callback| callback.webhook_id.clone());
     TaskView {
-        path: path_taken(execution, history),
-        events: rows
-            .map(|event| EventRow {
+        current: execution.current_state.clone(),
+        ended: execution.status != ExecutionStatus::Running,
+        events: events
+            .iter()
+            .zip(after.saturating_add(1)..)
+            .map(|(event, id)| EventRow {
+                id,
                 timestamp: event.timestamp,
                 event_type: event.event_type.clone(),
                 state: event.state.clone(),
                 detail: failure(event),
+                callback: webhook_id
+                    .as_deref()
+                    .and_then(|webhook_id| callback_result(event, webhook_id)),
             })
             .collect(),
-        events_total: history.len(),
-        callbacks: if has_callback {
-            callback_attempts(history, &webhook_id)
-        } else {
-            Vec::new()
-        },
+        events_total: after.saturating_add(u64::try_from(events.len()).unwrap_or(u64::MAX)),
+        callback_state: CALLBACK_STATE,
+        start: START,
+        end: END,
         status,
     }
 }
@@ -116,81 +114,41 @@ fn failure(event: &ExecutionEvent) -> Option<String> {
     }
 }
 
-fn path_taken(execution: &ExecutionView, history: &[ExecutionEvent]) -> PathTaken {
-    let mut path = PathTaken::default();
-    let mut previous = START.to_owned();
-    let take = |path: &mut PathTaken, from: &str, to: &str| {
-        let edge = format!("{from}>{to}");
-        if !path.edges.contains(&edge) {
-            path.edges.push(edge);
-        }
-    };
-    for event in history {
-        let Some(state) = event.state.as_ref() else {
-            continue;
-        };
-        if !event.event_type.ends_with("StateEntered") {
-            continue;
-        }
-        take(&mut path, &previous, state);
-        if !path.states.contains(state) {
-            path.states.push(state.clone());
-        }
-        previous = state.clone();
+/// What a callback attempt came to, when `event` ends one: the step's report, or its error.
+fn callback_result(event: &ExecutionEvent, webhook_id: &str) -> Option<CallbackResult> {
+    if event.state.as_deref() != Some(CALLBACK_STATE) {
+        return None;
     }
-    if execution.status != ExecutionStatus::Running && previous != START {
-        take(&mut path, &previous, END);
-    }
-    path.current = execution.current_state.clone();
-    path
-}
-
-/// Each run of the callback state is one attempt: its start time, and its result (the
-/// step's report) or its error.
-fn callback_attempts(history: &[ExecutionEvent], webhook_id: &str) -> Vec<CallbackAttempt> {
-    let mut attempts = Vec::new();
-    let mut started: Option<DateTime<Utc>> = None;
-    for event in history {
-        if event.state.as_deref() != Some(CALLBACK_STATE) {
-            continue;
+    match event.event_type.as_str() {
+        "TaskSucceeded" => {
+            let output = event.output.as_ref();
+            // A Lambda invocation's result wraps the step's output in `Payload`.
+            let report = output
+                .and_then(|output| output.get("Payload").or(Some(output)))
+                .and_then(|output| output.get("callback"))
+                .filter(|report| !report.is_null())?;
+            Some(CallbackResult {
+                delivered: report.get("delivered").and_then(Value::as_bool) == Some(true),
+                status_code: report
+                    .get("status_code")
+                    .and_then(Value::as_u64)
+                    .and_then(|code| u16::try_from(code).ok()),
+                error: None,
+                webhook_id: report
+                    .get("webhook_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or(webhook_id)
+                    .to_owned(),
+            })
         }
-        match event.event_type.as_str() {
-            "TaskStarted" => started = Some(event.timestamp),
-            "TaskSucceeded" => {
-                let output = event.output.as_ref();
-                // A Lambda invocation's result wraps the step's output in `Payload`.
-                let report = output
-                    .and_then(|output| output.get("Payload").or(Some(output)))
-                    .and_then(|output| output.get("callback"))
-                    .filter(|report| !report.is_null());
-                if let Some(report) = report {
-                    attempts.push(CallbackAttempt {
-                        at: started.take().unwrap_or(event.timestamp),
-                        delivered: report.get("delivered").and_then(Value::as_bool) == Some(true),
-                        status_code: report
-                            .get("status_code")
-                            .and_then(Value::as_u64)
-                            .and_then(|code| u16::try_from(code).ok()),
-                        error: None,
-                        webhook_id: report
-                            .get("webhook_id")
-                            .and_then(Value::as_str)
-                            .unwrap_or(webhook_id)
-                            .to_owned(),
-                    });
-                }
-            }
-            "TaskFailed" | "TaskTimedOut" => attempts.push(CallbackAttempt {
-                at: started.take().unwrap_or(event.timestamp),
-                delivered: false,
-                status_code: event.cause.as_deref().and_then(rejected_status),
-                error: failure(event),
-                webhook_id: webhook_id.to_owned(),
-            }),
-            _ => {}
-        }
+        "TaskFailed" | "TaskTimedOut" => Some(CallbackResult {
+            delivered: false,
+            status_code: event.cause.as_deref().and_then(rejected_status),
+            error: failure(event),
+            webhook_id: webhook_id.to_owned(),
+        }),
+        _ => None,
     }
-    attempts
 }
 
 /// The request, as the page summarises it: nothing secret, and no URL credentials.
@@ -299,24 +257,26 @@ mod tests {
             json!({"Payload": {"callback": {"delivered": true, "status_code": 204, "webhook_id": "msg_t"}}}),
         );
         let history = [
-            event("TaskStarted", Some("PollWorker")),
+            event("TaskSucceeded", Some("PollWorker")),
             event("TaskStarted", Some(CALLBACK_STATE)),
             failed,
             event("TaskStarted", Some(CALLBACK_STATE)),
             succeeded,
         ];
-        let attempts = callback_attempts(&history, "msg_t");
-        assert_eq!(attempts.len(), 2);
+        let results: Vec<_> = history
+            .iter()
+            .map(|event| callback_result(event, "msg_t"))
+            .collect();
+        assert!(results[0].is_none() && results[1].is_none() && results[3].is_none());
+        let failed = results[2].as_ref().expect("the failed attempt");
+        assert_eq!((failed.delivered, failed.status_code), (false, Some(500)));
+        assert!(failed.error.as_deref().unwrap().contains("HTTP 500"));
+        let delivered = results[4].as_ref().expect("the delivered attempt");
         assert_eq!(
-            (attempts[0].delivered, attempts[0].status_code),
-            (false, Some(500))
-        );
-        assert!(attempts[0].error.as_deref().unwrap().contains("HTTP 500"));
-        assert_eq!(
-            (attempts[1].delivered, attempts[1].status_code),
+            (delivered.delivered, delivered.status_code),
             (true, Some(204))
         );
-        assert_eq!(attempts[1].webhook_id, "msg_t");
+        assert_eq!(delivered.webhook_id, "msg_t");
     }
 
     #[test]

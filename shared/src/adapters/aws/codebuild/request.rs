@@ -19,6 +19,11 @@ pub const KEEP_VAR: &str = "TASKRUNNER_KEEP_SECONDS";
 /// Prefix of the git token variables: `TASKRUNNER_GIT_TOKEN_<index in spec.git>`.
 pub const GIT_TOKEN_PREFIX: &str = "TASKRUNNER_GIT_TOKEN_";
 
+/// The API a task starts children through.
+pub const API_URL_VAR: &str = "TASKRUNNER_API_URL";
+/// The task's own token, scoped to its children.
+pub const TASK_TOKEN_VAR: &str = "TASKRUNNER_TASK_TOKEN";
+
 /// CodeBuild's bounds on `timeoutInMinutesOverride`.
 const MIN_TIMEOUT_MINUTES: u64 = 5;
 const MAX_TIMEOUT_MINUTES: u64 = 2160;
@@ -135,6 +140,20 @@ fn environment(
         }
     }
     Ok(env)
+}
+
+/// The variables of a task that may start children: the API's URL, and the task token as
+/// a `SECRETS_MANAGER` reference to `token_secret` (never the value: CodeBuild reads it at
+/// build start and masks it in the log).
+pub fn chain_environment(
+    api_url: &str,
+    secret_prefix: &str,
+    token_secret: &str,
+) -> Result<Vec<EnvironmentVariable>, PortError> {
+    Ok(vec![
+        plain(API_URL_VAR, api_url)?,
+        from_secrets_manager(TASK_TOKEN_VAR, secret_prefix, token_secret)?,
+    ])
 }
 
 /// Refuses names CodeBuild reserves and the ones the runner itself sets.

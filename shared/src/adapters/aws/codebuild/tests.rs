@@ -76,6 +76,7 @@ fn spec(task_id: &str, size: &str) -> TaskSpec {
         email: None,
         concurrency_key: None,
         cancel_in_progress: false,
+        parent_task_id: None,
     }
 }
 
@@ -284,6 +285,51 @@ async fn start_builds_the_request_from_the_size_table_and_secret_names() {
         .unwrap();
     let back: TaskSpec = serde_json::from_slice(&decoded).unwrap();
     assert_eq!(back, spec("deploy-1", "X-Small"));
+}
+
+#[tokio::test]
+async fn a_task_token_reaches_the_build_as_a_secrets_manager_reference_only() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rule = capture_start(seen.clone());
+    let secrets: Arc<dyn crate::ports::SecretStore> =
+        Arc::new(crate::adapters::memory::MemorySecretStore::default());
+    let worker =
+        worker(&[&rule], &[]).serve_tasks_at("https://api.example.com", Arc::clone(&secrets));
+    worker
+        .start(&spec("deploy-1.train", "Small"))
+        .await
+        .unwrap();
+
+    let input = seen.lock().unwrap().remove(0);
+    let env = env_of(&input);
+    assert_eq!(
+        env["TASKRUNNER_API_URL"],
+        (
+            EnvironmentVariableType::Plaintext,
+            "https://api.example.com".to_owned()
+        )
+    );
+    assert_eq!(
+        env["TASKRUNNER_TASK_TOKEN"],
+        (
+            EnvironmentVariableType::SecretsManager,
+            "taskrunner/taskrunner-task-tokens/deploy-1.train".to_owned()
+        )
+    );
+    let token = secrets
+        .get("taskrunner-task-tokens/deploy-1.train")
+        .await
+        .unwrap()
+        .expect("the token is kept for the build to read");
+    let claims = crate::auth::task_token::TaskTokens::new(Arc::clone(&secrets))
+        .verify(token.expose(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claims.task_id.as_str(), "deploy-1.train");
+    assert!(
+        !format!("{input:?}").contains(token.expose()),
+        "the StartBuild request never holds the token"
+    );
 }
 
 #[tokio::test]

@@ -103,6 +103,7 @@ function taskPage(page) {
   const cancel = page.querySelector("#cancel");
   const actionNote = page.querySelector("#action-note");
   let done = false;
+  let ended = false;
   let logTimer = null;
 
   cancel.addEventListener("click", async () => {
@@ -123,16 +124,29 @@ function taskPage(page) {
     refresh();
   });
 
-  function highlight(path) {
-    const taken = new Set(path.edges);
-    const visited = new Set(path.states);
+  // What the page has learned from the history so far; each refresh asks only for the
+  // events past `seen` and folds them in.
+  const EVENTS_SHOWN = 200;
+  let seen = 0;
+  let previous = null;
+  let callbackStart = null;
+  const visited = new Set();
+  const taken = new Set();
+  const attempts = [];
+  const eventRows = page.querySelector("#events tbody");
+
+  function highlight(view) {
+    const edges = new Set(taken);
+    if (view.ended && previous && previous !== view.start) edges.add(previous + ">" + view.end);
     page.querySelectorAll("#graph [data-state]").forEach((node) => {
       const name = node.dataset.state;
-      node.classList.toggle("visited", visited.has(name) || (name === "(start)" && path.edges.length > 0) || (name === "(end)" && taken.has([...taken].find((e) => e.endsWith(">(end)")))));
-      node.classList.toggle("current", name === path.current);
+      const reached = visited.has(name) || (name === view.start && visited.size > 0) ||
+        (name === view.end && [...edges].some((edge) => edge.endsWith(">" + view.end)));
+      node.classList.toggle("visited", reached);
+      node.classList.toggle("current", name === view.current);
     });
     page.querySelectorAll("#graph [data-edge]").forEach((edge) => {
-      edge.classList.toggle("taken", taken.has(edge.dataset.edge));
+      edge.classList.toggle("taken", edges.has(edge.dataset.edge));
     });
   }
 
@@ -146,24 +160,37 @@ function taskPage(page) {
     page.querySelector("#task-facts").textContent = parts.join(" · ");
   }
 
-  function events(view) {
-    const rows = view.events.map((event) => {
+  // Folds new events into the path taken, the callback attempts and the event table.
+  function absorb(view) {
+    if (previous === null) previous = view.start;
+    for (const event of view.events) {
+      if (event.state && event.event_type.endsWith("StateEntered")) {
+        taken.add(previous + ">" + event.state);
+        visited.add(event.state);
+        previous = event.state;
+      }
+      if (event.state === view.callback_state && event.event_type === "TaskStarted") callbackStart = event.timestamp;
+      if (event.callback) {
+        attempts.push(Object.assign({ at: callbackStart || event.timestamp }, event.callback));
+        callbackStart = null;
+      }
       const row = document.createElement("tr");
       cell(row, when(event.timestamp));
       cell(row, event.event_type, /Failed|TimedOut|Aborted/.test(event.event_type) ? "bad" : "");
       cell(row, event.state);
       cell(row, event.detail);
-      return row;
-    });
-    page.querySelector("#events tbody").replaceChildren(...rows.reverse());
+      eventRows.insertBefore(row, eventRows.firstChild);
+    }
+    while (eventRows.children.length > EVENTS_SHOWN) eventRows.lastChild.remove();
+    seen = view.events_total;
     page.querySelector("#events-note").textContent =
-      view.events_total > view.events.length
-        ? "(newest " + view.events.length + " of " + view.events_total + ", newest first)"
-        : "(" + view.events_total + ", newest first)";
+      seen > eventRows.children.length
+        ? "(newest " + eventRows.children.length + " of " + seen + ", newest first)"
+        : "(" + seen + ", newest first)";
   }
 
   function callbacks(view) {
-    const rows = view.callbacks.map((attempt) => {
+    const rows = attempts.map((attempt) => {
       const row = document.createElement("tr");
       cell(row, when(attempt.at));
       cell(row, attempt.delivered ? "delivered" : "failed", attempt.delivered ? "good" : "bad");
@@ -180,15 +207,19 @@ function taskPage(page) {
         : "";
   }
 
+  let refreshing = false;
   async function refresh() {
+    if (refreshing) return;
+    refreshing = true;
     try {
-      const view = await getJson(base);
+      const view = await getJson(base + "?after=" + seen);
       badge(page.querySelector("#task-status"), view.status.status);
       facts(view.status);
-      highlight(view.path);
-      events(view);
+      absorb(view);
+      highlight(view);
       callbacks(view);
       cancel.hidden = view.status.done;
+      ended = view.ended;
       if (view.status.done && !done) {
         done = true;
         refreshLog();
@@ -196,6 +227,7 @@ function taskPage(page) {
     } catch (err) {
       actionNote.textContent = "Could not refresh: " + err.message;
     }
+    refreshing = false;
   }
 
   async function refreshLog() {
@@ -219,7 +251,8 @@ function taskPage(page) {
 
   refresh();
   refreshLog();
-  setInterval(() => { if (!done) refresh(); }, POLL_MS);
+  // Until the execution itself has ended: the callback attempts come after the task's end.
+  setInterval(() => { if (!ended) refresh(); }, POLL_MS);
   logTimer = setInterval(refreshLog, POLL_MS);
 }
 

@@ -1,0 +1,122 @@
+//! Task chaining: a running task starts child tasks with its task token.
+//!
+//! A child's id is its parent's id, a `.`, and the child's own `task_id` (see
+//! [`TaskId::child`]), so the orchestrator's name index alone finds a task's children and
+//! descendants (the name prefix `PARENT.`), in both modes, with nothing stored besides the
+//! execution itself. This module reads that tree; the rules for submitting a child live in
+//! [`crate::service::TaskService::submit_child`].
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::{ExecutionStatus, ExecutionView, Orchestrator, PageQuery, PortError};
+use crate::status::task_status;
+use crate::task::TaskId;
+
+/// Executions read per orchestrator page while walking a task's descendants.
+const PAGE: usize = 200;
+
+/// A child task as its parent's status and callback show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChildRef {
+    /// The child's task id (`PARENT.CHILD`).
+    pub task_id: String,
+    /// Its status word, as `GET /task-runner/{task_id}` shows it.
+    pub status: String,
+}
+
+/// Every execution whose task descends from `parent`, newest first; only running ones when
+/// `running_only`. Descendants start after their ancestor, so only executions started since
+/// the parent did are read: Step Functions lists executions newest first and cannot filter
+/// them by name, so this bounds the walk in the AWS mode.
+async fn descendants(
+    orchestrator: &dyn Orchestrator,
+    parent: &ExecutionView,
+    running_only: bool,
+) -> Result<Vec<ExecutionView>, PortError> {
+    let since = parent.started_at;
+    let Ok(parent) = TaskId::parse(&parent.name) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    let mut token = None;
+    loop {
+        let page = orchestrator
+            .page(&PageQuery {
+                status: running_only.then_some(ExecutionStatus::Running),
+                since: Some(since),
+                prefix: Some(parent.descendant_prefix()),
+                limit: PAGE,
+                token,
+            })
+            .await?;
+        found.extend(
+            page.executions
+                .into_iter()
+                .filter(|execution| parent.is_ancestor_of(&execution.name)),
+        );
+        token = page.next_token;
+        if token.is_none() {
+            return Ok(found);
+        }
+    }
+}
+
+/// The direct children of the task `parent` (its execution), in the order they were submitted.
+pub async fn children(
+    orchestrator: &dyn Orchestrator,
+    parent: &ExecutionView,
+) -> Result<Vec<ChildRef>, PortError> {
+    let depth = parent.name.matches('.').count() + 1;
+    let mut children: Vec<ChildRef> = descendants(orchestrator, parent, false)
+        .await?
+        .iter()
+        .filter(|execution| execution.name.matches('.').count() == depth)
+        .map(|execution| ChildRef {
+            task_id: execution.name.clone(),
+            status: task_status(execution).status,
+        })
+        .collect();
+    children.reverse();
+    Ok(children)
+}
+
+/// The running descendants of the task `parent` (its execution), deepest first, so a
+/// cascade stops grandchildren before the children that wait for them.
+pub async fn running_descendants(
+    orchestrator: &dyn Orchestrator,
+    parent: &ExecutionView,
+) -> Result<Vec<String>, PortError> {
+    let mut ids: Vec<String> = descendants(orchestrator, parent, true)
+        .await?
+        .into_iter()
+        .map(|execution| execution.name)
+        .collect();
+    ids.sort_by_key(|id| std::cmp::Reverse(id.matches('.').count()));
+    Ok(ids)
+}
+
+/// Where the finish step finds a task's children for its callback: the orchestrator,
+/// attached once it exists (the embedded engine is built after the steps it runs).
+#[derive(Clone, Default)]
+pub struct ChildIndex(Arc<OnceLock<Weak<dyn Orchestrator>>>);
+
+impl ChildIndex {
+    /// Reads children from `orchestrator` from now on.
+    pub fn attach(&self, orchestrator: &Arc<dyn Orchestrator>) {
+        let _ = self.0.set(Arc::downgrade(orchestrator));
+    }
+
+    /// The children of `parent`; none when no orchestrator is attached.
+    pub async fn children(&self, parent: &TaskId) -> Result<Vec<ChildRef>, PortError> {
+        let Some(orchestrator) = self.0.get().and_then(Weak::upgrade) else {
+            return Ok(Vec::new());
+        };
+        match orchestrator.describe(parent.as_str()).await? {
+            Some(execution) => children(orchestrator.as_ref(), &execution).await,
+            None => Ok(Vec::new()),
+        }
+    }
+}
