@@ -44,6 +44,8 @@ done
 http "$base/task-runner" '{"task_id": "known", "task_file_name": "missing.sh", "worker_config": {}}'
 
 status=0
+# From the scratch folder: schemathesis keeps its cache (.schemathesis/) in the current one.
+cd "$work"
 schemathesis --config-file "$repo/tests/openapi/schemathesis.toml" run "$base/openapi.json" \
   --header "Authorization: Bearer $key" \
   --checks all \

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, wake_at);
 CREATE INDEX IF NOT EXISTS executions_by_start ON executions (started_at);
 CREATE INDEX IF NOT EXISTS executions_by_start_name ON executions (started_at, name);
+CREATE INDEX IF NOT EXISTS executions_by_status_start_name ON executions (status, started_at, name);
 CREATE TABLE IF NOT EXISTS history (
     execution TEXT NOT NULL,
     seq INTEGER NOT NULL,

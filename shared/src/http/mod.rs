@@ -91,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(ui::routes(Arc::clone(&state)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(plain_errors_as_json))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -111,6 +112,39 @@ async fn method_not_allowed(method: axum::http::Method) -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("this route does not take {method}; see GET /openapi.json for its methods"),
     )
+}
+
+/// The errors axum's extractors answer by themselves (a path that is not UTF-8, say) come as
+/// plain text; they become the JSON error body like every other error, headers kept.
+async fn plain_errors_as_json(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|value| value.as_bytes().starts_with(b"text/plain"));
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        format!(
+            "{}; see GET /openapi.json for the API",
+            status.canonical_reason().unwrap_or("refused")
+        )
+    } else {
+        text
+    };
+    let json = error_response(status, message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, json.into_body())
 }
 
 /// A JSON error response.

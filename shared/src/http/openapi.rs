@@ -16,6 +16,9 @@ use super::webhooks::WebhookResponse;
 /// What a task id is (see [`crate::task::TaskId`]).
 pub const TASK_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,80}$";
 
+/// A stored task's id: a request's, or a child's `PARENT.CHILD` (1-80 characters in all).
+const PATH_TASK_ID_PATTERN: &str = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$";
+
 /// How the dashboard's pages treat a request without a session: not refused, sent to log in.
 const PAGE_SESSION: &str = "Needs the session cookie; without a valid one the browser is redirected (303) to /ui/login rather than refused.";
 
@@ -72,8 +75,9 @@ pub fn build() -> Value {
     let html = |description: &str| json!({"description": description, "content": {"text/html": {"schema": {"type": "string"}}}});
     let redirect = |description: &str| json!({"description": description, "headers": {"Location": {"schema": {"type": "string"}}}});
     let unauthorized = error("no valid API key: missing, wrong or revoked");
+    let forbidden = error("a task token used outside its scope (its own children and descendants)");
     let unavailable = error("the store or the orchestrator failed; 503 is worth retrying");
-    let bad_id = error("task_id is not 1-80 characters of [A-Za-z0-9_-]");
+    let bad_id = error("task_id is not 1-80 characters of [A-Za-z0-9_-], or of PARENT.CHILD");
     let no_task = error("no task with this task_id");
     let session = || json!([{"session": []}]);
     let no_session = error("no valid dashboard session; log in at /ui/login");
@@ -93,14 +97,14 @@ pub fn build() -> Value {
         }})
     };
     let task_id = json!({"name": "task_id", "in": "path", "required": true,
-        "schema": {"type": "string", "pattern": TASK_ID_PATTERN, "minLength": 1, "maxLength": 80}});
+        "schema": {"type": "string", "pattern": PATH_TASK_ID_PATTERN, "minLength": 1, "maxLength": 80}});
     let submit = json!({
         "summary": "Start a task (idempotent per task_id)",
         "requestBody": {"required": true, "content": json_body("TaskRunnerRequest")["content"]},
         "responses": {
             "202": answer("accepted (or the same request accepted before)", "TaskRunnerResponse"),
             "400": error("the body is not JSON"),
-            "401": unauthorized,
+            "401": unauthorized, "403": forbidden,
             "409": error("task_id is already used by a different request"),
             "413": error("the body is larger than the request body limit"),
             "422": error("a field is wrong; the message names it and says how to fix it"),
@@ -123,7 +127,7 @@ pub fn build() -> Value {
         "responses": {
             "200": answer("a page of tasks", "TaskList"),
             "400": error("a query parameter is wrong (the message names it), or the cursor was not handed out by this server"),
-            "401": unauthorized,
+            "401": unauthorized, "403": forbidden,
             "5XX": unavailable
         }
     });
@@ -132,21 +136,21 @@ pub fn build() -> Value {
             "/task-runner/": {"get": list, "post": submit},
             "/task-runner/{task_id}": {
                 "get": {"summary": "Task status", "parameters": [task_id],
-                    "responses": {"200": answer("status", "TaskStatus"), "400": bad_id, "401": unauthorized, "404": no_task, "5XX": unavailable}},
+                    "responses": {"200": answer("status", "TaskStatus"), "400": bad_id, "401": unauthorized, "403": forbidden, "404": no_task, "5XX": unavailable}},
                 "delete": {"summary": "Cancel: the worker is terminated, the callback says cancelled", "parameters": [task_id],
-                    "responses": {"200": answer("cancelling", "TaskStatus"), "400": bad_id, "401": unauthorized, "404": no_task,
+                    "responses": {"200": answer("cancelling", "TaskStatus"), "400": bad_id, "401": unauthorized, "403": forbidden, "404": no_task,
                         "409": error("the task has already ended"), "5XX": unavailable}}
             },
             "/task-runner/{task_id}/logs": {"get": {"summary": "Log tail, secret values masked", "parameters": [task_id,
                     {"name": "max_bytes", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LOG_BYTES}}],
                 "responses": {"200": answer("log tail", "LogsResponse"),
                     "400": error("task_id or max_bytes is wrong; the message names it"),
-                    "401": unauthorized, "404": no_task, "5XX": unavailable}}},
+                    "401": unauthorized, "403": forbidden, "404": no_task, "5XX": unavailable}}},
             "/task-runner/{task_id}/history": {"get": {"summary": "State history: states entered and left, failures with error and cause, oldest first; with after=N only the events after the N-th", "parameters": [task_id,
                     {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_AFTER}}],
                 "responses": {"200": answer("history", "HistoryResponse"),
                     "400": error("task_id or after is wrong; the message names it"),
-                    "401": unauthorized, "404": no_task, "5XX": unavailable}}},
+                    "401": unauthorized, "403": forbidden, "404": no_task, "5XX": unavailable}}},
             "/sample-task-runner-callback": {"post": {"summary": "Sample callback receiver: logs the callback body it gets", "security": [],
                 "requestBody": {"required": true, "content": json_body("CallbackBody")["content"]},
                 "responses": {"200": answer("received", "CallbackReceipt"),
@@ -226,7 +230,7 @@ pub fn build() -> Value {
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API key, or the task token a running task is given (it reaches only that task's children and descendants)"},
                 "session": {"type": "apiKey", "in": "cookie", "name": COOKIE, "description": "the dashboard's session cookie, set by POST /ui/login"}
             }
         },

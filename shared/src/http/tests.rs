@@ -274,6 +274,33 @@ async fn open_routes_need_no_key() {
     assert!(
         doc["components"]["schemas"]["CallbackBody"]["properties"]["logs_truncated"].is_object()
     );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["TaskRunnerRequest"]["properties"]["task_id"]["pattern"],
+        crate::http::TASK_ID_PATTERN
+    );
+    for strict in [
+        "TaskRunnerRequest",
+        "WorkerConfig",
+        "GitConfig",
+        "CallbackBody",
+    ] {
+        assert_eq!(schemas[strict]["additionalProperties"], false, "{strict}");
+    }
+    let paths = &doc["paths"];
+    for (path, method, code) in [
+        ("/task-runner/{task_id}", "delete", "400"),
+        ("/task-runner/{task_id}/logs", "get", "400"),
+        ("/task-runner/{task_id}/history", "get", "400"),
+        ("/sample-task-runner-callback", "post", "422"),
+        ("/ui/login", "post", "303"),
+        ("/task-runner", "get", "400"),
+    ] {
+        assert!(
+            paths[path][method]["responses"][code].is_object(),
+            "{method} {path} documents {code}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -352,6 +379,12 @@ async fn bad_ids_and_query_numbers_answer_json_400s_naming_the_field() {
         let message = answer["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(field), "{path}: {message}");
     }
+    let (status, answer) = call(&harness, "GET", "/task-runner/%FF", Some(KEY), vec![]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"].as_str().unwrap().contains("task_id"),
+        "{answer}"
+    );
     let (status, answer) = call(&harness, "PUT", "/task-runner/t-1", Some(KEY), vec![]).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(

@@ -2,8 +2,10 @@
 //!
 //! A page token is the position of the page's last execution (`started_at` in milliseconds
 //! and the name). The next page starts strictly below it in `(started_at, name)` order, which
-//! the `executions_by_start_name` index serves, so a page costs the same however deep it is,
-//! and executions started meanwhile (all above the position) never shift later pages.
+//! the `executions_by_start_name` index serves (`executions_by_status_start_name` with a status
+//! filter, so a rare status is not found by skipping every other one), so a page costs the same
+//! however deep it is, and executions started meanwhile (all above the position) never shift
+//! later pages.
 
 use rusqlite::ToSql;
 

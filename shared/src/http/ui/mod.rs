@@ -362,8 +362,20 @@ const LIST_LIMIT: &str = "100";
 async fn api_list(
     State(ui): State<Arc<Ui>>,
     _session: ApiSession,
-    Query(query): Query<ListParams>,
+    query: Result<Query<ListParams>, QueryRejection>,
 ) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "query string: {}; use status and cursor, each once",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
     let raw = RawListQuery {
         status: query.status.filter(|status| status != "all"),
         limit: Some(LIST_LIMIT.to_owned()),
