@@ -92,7 +92,7 @@ done
 
 # The Python side (not with --sam-build).
 if [ -z "$SAM_BUILD_DIR" ]; then
-    # The Python side: a venv in the cache, made once.
+    # A venv in the cache, made once.
     if ! "$VENV/bin/python" -c 'import awslambdaric, boto3' >/dev/null 2>&1; then
         echo "making the Python venv at $VENV ($PY_PACKAGES) ..." >&2
         rm -rf "$VENV"
