@@ -65,6 +65,14 @@ impl Scene {
         .await;
         aws.create_secret("MY_GIT_SECRET", CANARY).await;
         aws.put_task(
+            "ci/track.sh",
+            "echo \"start $TASKRUNNER_TASK_ID $(date +%s%N)\" >> \"$TRACK_FILE\"\nsleep 1\n\
+             echo \"end $TASKRUNNER_TASK_ID $(date +%s%N)\" >> \"$TRACK_FILE\"\n",
+        )
+        .await;
+        aws.put_task("ci/hold.sh", "echo holding\nsleep 300\n")
+            .await;
+        aws.put_task(
             "ci/report.sh",
             "echo \"report from the tasks directory, in $(basename \"$PWD\")\"\n",
         )
@@ -156,6 +164,48 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     let missing = request("box-missing-1", "ci/absent.sh", &callback_url);
     let (status, answer) = scene.call("POST", "/task-runner", Some(&missing)).await;
     assert_eq!(status, 202, "{answer}");
+    // Three tasks under one concurrency_key (limit 1): queued, never refused, one at a time.
+    let track = tempfile::NamedTempFile::new().unwrap();
+    let keyed: Vec<String> = (1..=3).map(|i| format!("box-key-{i}")).collect();
+    for task_id in &keyed {
+        let body = json!({"task_id": task_id, "task_file_name": "ci/track.sh", "concurrency_key": "deploy-prod",
+            "worker_config": {"worker_size": "Small", "env_variables": {"TRACK_FILE": track.path()}},
+            "callback_url": callback_url});
+        let (status, answer) = scene.call("POST", "/task-runner", Some(&body)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    // A lost execution (stopped in Step Functions, so FinishAndCallback never ran) keeps its
+    // slot until the cleanup sweep frees it; the task behind it waits, then runs.
+    let lost = |task_id: &str, file: &str| {
+        json!({"task_id": task_id, "task_file_name": file, "concurrency_key": "nightly",
+               "worker_config": {"worker_size": "Small"}, "callback_url": callback_url})
+    };
+    let (status, answer) = scene
+        .call(
+            "POST",
+            "/task-runner",
+            Some(&lost("box-lost-1", "ci/hold.sh")),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    scene.status_is("box-lost-1", "running").await;
+    let (status, answer) = scene
+        .call(
+            "POST",
+            "/task-runner",
+            Some(&lost("box-after-lost-1", "ci/report.sh")),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    scene
+        .aws
+        .sfn(
+            "StopExecution",
+            &json!({"executionArn": scene.aws.execution_arn("box-lost-1")}),
+        )
+        .await;
+    scene.status_is("box-after-lost-1", "queued").await;
+
     let cancelled = request("box-cancel-1", "sleep.sh", &callback_url);
     let (status, answer) = scene.call("POST", "/task-runner", Some(&cancelled)).await;
     assert_eq!(status, 202, "{answer}");
@@ -221,6 +271,46 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         "{state}"
     );
 
+    let swept = scene
+        .aws
+        .invoke("cleanup", support::aws_box::scheduled_event())
+        .await;
+    assert!(
+        swept["places_released"].to_string().contains("box-lost-1"),
+        "{swept}"
+    );
+    let after = scene.callback("box-after-lost-1").await;
+    assert_eq!(after["status"], "succeeded", "{after}");
+
+    for task_id in &keyed {
+        let done = scene.callback(task_id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let mut marks: Vec<(u128, String, String)> = std::fs::read_to_string(track.path())
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut words = line.split(' ');
+            let (what, task, at) = (words.next(), words.next(), words.next());
+            (
+                at.unwrap().parse().unwrap(),
+                what.unwrap().to_owned(),
+                task.unwrap().to_owned(),
+            )
+        })
+        .collect();
+    marks.sort();
+    assert_eq!(marks.len(), 6, "{marks:?}");
+    for pair in marks.chunks(2) {
+        // Each start is followed by the end of the same task: no two ran at once.
+        assert_eq!(
+            (pair[0].1.as_str(), pair[1].1.as_str()),
+            ("start", "end"),
+            "{marks:?}"
+        );
+        assert_eq!(pair[0].2, pair[1].2, "{marks:?}");
+    }
+
     // The real definition ran: submit, at least one poll, then the callback step.
     let states = scene.aws.states_entered("model-deployment-task-1").await;
     assert_eq!(
@@ -256,6 +346,7 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         "box-cancel-1",
         "box-tasks-dir-1",
         "box-missing-1",
+        "box-key-1",
     ] {
         seen.push((
             format!("execution history of {task_id}"),
@@ -283,7 +374,7 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     );
 
     println!(
-        "aws_box: five tasks through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
+        "aws_box: ten tasks through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

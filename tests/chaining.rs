@@ -121,21 +121,27 @@ fn found_under(dir: &Path, needle: &str) -> Option<PathBuf> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bash_parent_runs_three_children_in_sequence_and_sees_the_fourth_fail() {
+/// Serves the examples and submits `task_file` as `task_id`, its children calling back too.
+async fn run_example(task_id: &str, task_file: &str) -> (tempfile::TempDir, Receiver, Server) {
     let tmp = tempfile::tempdir().unwrap();
     let tasks = tasks_dir(tmp.path());
     let receiver = Receiver::start(vec![]).await;
     let server = Server::start(&tmp.path().join("data"), &tasks, &[]);
     let (code, answer) = server
         .submit(&json!({
-            "task_id": "deploy-1",
-            "task_file_name": "chain-deploy.sh",
+            "task_id": task_id,
+            "task_file_name": task_file,
             "worker_config": {"env_variables": {"CALLBACK_URL": receiver.url}},
             "callback_url": receiver.url,
         }))
         .await;
     assert_eq!(code, 202, "{answer}");
+    (tmp, receiver, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bash_parent_runs_three_children_in_sequence_and_sees_the_fourth_fail() {
+    let (_tmp, receiver, server) = run_example("deploy-1", "chain-deploy.sh").await;
 
     let parent = callback_of(&receiver, "deploy-1").await.json();
     assert_eq!(parent["status"], "failed", "{parent}");
@@ -195,19 +201,7 @@ async fn a_bash_parent_runs_three_children_in_sequence_and_sees_the_fourth_fail(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_parent_starts_two_children_at_once_and_polls_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tasks = tasks_dir(tmp.path());
-    let receiver = Receiver::start(vec![]).await;
-    let server = Server::start(&tmp.path().join("data"), &tasks, &[]);
-    let (code, answer) = server
-        .submit(&json!({
-            "task_id": "fanout-1",
-            "task_file_name": "chain-fanout.py",
-            "worker_config": {"env_variables": {"CALLBACK_URL": receiver.url}},
-            "callback_url": receiver.url,
-        }))
-        .await;
-    assert_eq!(code, 202, "{answer}");
+    let (_tmp, receiver, _server) = run_example("fanout-1", "chain-fanout.py").await;
     let parent = callback_of(&receiver, "fanout-1").await.json();
     assert_eq!(parent["status"], "succeeded", "{parent}");
     let logs = parent["logs"].as_str().unwrap();

@@ -21,6 +21,16 @@ impl Clock for SystemClock {
     async fn sleep(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
     }
+
+    async fn reached(&self, end: DateTime<Utc>) {
+        // One timer; the loop only covers a wall clock set back meanwhile.
+        while let Ok(left) = (end - Utc::now()).to_std() {
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    }
 }
 
 /// A clock that only moves when told to, or when someone sleeps on it: `sleep(d)` advances

@@ -10,15 +10,17 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 use crate::adapters::aws::codebuild::{CodeBuildConfig, CodeBuildWorker};
+use crate::adapters::aws::line::DynamoDbGate;
 use crate::adapters::aws::secrets::AwsSecretStore;
 use crate::adapters::aws::sfn::StepFunctions;
+use crate::adapters::line::LineLimits;
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackSender, check_callback_url};
 use crate::config::Config;
 use crate::embedded::callback_policy;
 use crate::engine::{TaskFailure, TaskHandler};
 use crate::http::{AppState, router};
-use crate::ports::{Orchestrator, SecretStore, WorkerBackend};
+use crate::ports::{ConcurrencyGate, Orchestrator, SecretStore, WorkerBackend};
 use crate::secret::Secret;
 use crate::service::TaskService;
 use crate::steps::{Step, StepHandler, Steps};
@@ -36,6 +38,9 @@ pub struct AwsSettings {
     pub codebuild_log_group: String,
     /// The tasks directory, an S3 folder `bucket/prefix/` (`TASKRUNNER_TASKS_S3_LOCATION`).
     pub tasks_s3_location: Option<String>,
+    /// The DynamoDB table of the task line (`TASKRUNNER_TASK_LINE_TABLE`); without it there
+    /// is no line: `concurrency_key` is refused and the deployment-wide limit is CodeBuild's.
+    pub task_line_table: Option<String>,
 }
 
 impl AwsSettings {
@@ -55,6 +60,7 @@ impl AwsSettings {
             tasks_s3_location: var("TASKRUNNER_TASKS_S3_LOCATION")
                 .map(|location| tasks_location(&location))
                 .transpose()?,
+            task_line_table: var("TASKRUNNER_TASK_LINE_TABLE"),
         })
     }
 }
@@ -123,13 +129,23 @@ impl AwsStack {
             worker = worker.serve_tasks_at(url, Arc::clone(&secrets));
         }
         let worker: Arc<dyn WorkerBackend> = Arc::new(worker);
+        let gate = settings.task_line_table.as_ref().map(|table| {
+            Arc::new(DynamoDbGate::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                table,
+                LineLimits {
+                    max_running: config.max_running_tasks,
+                    per_key: config.per_key_limit,
+                },
+            )) as Arc<dyn ConcurrencyGate>
+        });
         let steps = Arc::new(Steps {
             config: Arc::clone(&config),
             secrets: Arc::clone(&secrets),
             worker: Arc::clone(&worker),
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
-            gate: None,
+            gate,
             children: Default::default(),
         });
         Ok(Self {
@@ -204,7 +220,8 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
         worker: Arc::clone(&stack.worker),
         orchestrator: stack.orchestrator()?,
         allow_local_repositories: false,
-        concurrency_keys: false,
+        // With a task line, a concurrency_key queues as in the embedded mode.
+        concurrency_keys: stack.steps.gate.is_some(),
         base_dir: std::path::PathBuf::from("/"),
         check_callback_url: Arc::new(move |url: &str| check_callback_url(url, &policy).map(|_| ())),
         wake: Arc::new(|_: &str| {}),

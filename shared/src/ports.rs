@@ -197,6 +197,34 @@ pub trait WorkerBackend: Send + Sync {
     fn handle_for(&self, task_id: &TaskId) -> WorkerHandle;
     /// Every worker that still holds resources, for the cleanup sweep.
     async fn list(&self) -> Result<Vec<WorkerSummary>, PortError>;
+    /// Records that the receiver accepted the task's callback, so that a finish step run
+    /// again (after a crash or a lost write between the delivery and the step's own write)
+    /// does not deliver it a second time. Backends without a place for it keep nothing.
+    async fn record_delivery(
+        &self,
+        _handle: &WorkerHandle,
+        _delivery: &DeliveryRecord,
+    ) -> Result<(), PortError> {
+        Ok(())
+    }
+    /// The delivery recorded by [`WorkerBackend::record_delivery`], if any.
+    async fn recorded_delivery(
+        &self,
+        _handle: &WorkerHandle,
+    ) -> Result<Option<DeliveryRecord>, PortError> {
+        Ok(None)
+    }
+}
+
+/// A callback the receiver accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The `webhook-id` it was sent with.
+    pub webhook_id: String,
+    /// The receiver's 2xx status.
+    pub status_code: u16,
+    /// Whether it carried Standard Webhooks signatures.
+    pub signed: bool,
 }
 
 /// Result of starting an execution.
@@ -338,6 +366,18 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
     /// Waits `duration` (a manual clock advances instead).
     async fn sleep(&self, duration: Duration);
+    /// Completes once the clock shows `end`, without moving it (a deadline nobody reached
+    /// must not push a manual clock forward). This default watches the clock every 50 ms;
+    /// a real clock sleeps once.
+    async fn reached(&self, end: DateTime<Utc>) {
+        loop {
+            let left = (end - self.now()).to_std().unwrap_or(Duration::ZERO);
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+        }
+    }
 }
 
 /// Whether a task may start now.

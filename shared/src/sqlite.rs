@@ -39,12 +39,24 @@ enum Sync {
     Normal,
 }
 
-/// A database file served by a writer and a reader thread. Dropping it stops both threads
-/// once their queues are empty.
+/// A database file served by a writer and a reader thread. Dropping it lets both threads
+/// finish what is queued and waits until they have closed their connections.
 pub struct Db {
     path: PathBuf,
     writer: mpsc::Sender<(Sync, WriteJob)>,
     reader: mpsc::Sender<ReadJob>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Replacing the senders drops ours, which ends each thread's receive loop.
+        self.writer = mpsc::channel().0;
+        self.reader = mpsc::channel().0;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Opens a connection the way every embedded database is opened: WAL, a busy timeout, and
@@ -96,11 +108,11 @@ impl Db {
                 format!("cannot start a database thread: {err}"),
             )
         };
-        std::thread::Builder::new()
+        let write_thread = std::thread::Builder::new()
             .name(format!("{name}-writer"))
             .spawn(move || write_loop(write_conn, &writes))
             .map_err(spawn_error)?;
-        std::thread::Builder::new()
+        let read_thread = std::thread::Builder::new()
             .name(format!("{name}-reader"))
             .spawn(move || {
                 while let Ok(job) = reads.recv() {
@@ -112,6 +124,7 @@ impl Db {
             path: path.to_owned(),
             writer,
             reader,
+            threads: vec![write_thread, read_thread],
         })
     }
 

@@ -3,5 +3,6 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod line;
 pub mod local;
 pub mod memory;

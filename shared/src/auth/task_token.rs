@@ -71,28 +71,40 @@ impl TaskTokens {
         presented.starts_with(TOKEN_PREFIX)
     }
 
-    /// The key, created in the store when missing. Only minting creates it: a verifier that
-    /// finds none refuses the token instead.
-    async fn key(&self, create: bool) -> Result<Option<&Secret>, PortError> {
+    /// The key as a verifier needs it: `None` while none exists (the token is refused).
+    async fn stored_key(&self) -> Result<Option<&Secret>, PortError> {
         if let Some(key) = self.key.get() {
             return Ok(Some(key));
         }
-        let mut stored = self.store.get(TASK_TOKEN_KEY_SECRET).await?;
-        if stored.is_none() && create {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|err| {
-                PortError::Transient(format!("no randomness for the task-token key: {err}"))
-            })?;
-            self.store
-                .put(TASK_TOKEN_KEY_SECRET, &Secret::new(hex::encode(bytes)))
-                .await?;
-            // Two processes creating it at once both use whichever value was stored last.
-            stored = self.store.get(TASK_TOKEN_KEY_SECRET).await?;
-        }
-        match stored {
-            Some(key) => Ok(Some(self.key.get_or_init(|| async { key }).await)),
+        match self.store.get(TASK_TOKEN_KEY_SECRET).await? {
+            Some(stored) => Ok(Some(self.key.get_or_init(|| async { stored }).await)),
             None => Ok(None),
         }
+    }
+
+    /// The key as minting needs it: created in the store when missing. Within a process one
+    /// creation runs at a time; two processes creating it at once both use whichever value
+    /// was stored last.
+    async fn minting_key(&self) -> Result<&Secret, PortError> {
+        self.key
+            .get_or_try_init(|| async {
+                if let Some(stored) = self.store.get(TASK_TOKEN_KEY_SECRET).await? {
+                    return Ok(stored);
+                }
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).map_err(|err| {
+                    PortError::Transient(format!("no randomness for the task-token key: {err}"))
+                })?;
+                self.store
+                    .put(TASK_TOKEN_KEY_SECRET, &Secret::new(hex::encode(bytes)))
+                    .await?;
+                self.store.get(TASK_TOKEN_KEY_SECRET).await?.ok_or_else(|| {
+                    PortError::Transient(format!(
+                        "{TASK_TOKEN_KEY_SECRET} vanished after it was written"
+                    ))
+                })
+            })
+            .await
     }
 
     fn sign(key: &Secret, payload: &str) -> Vec<u8> {
@@ -109,11 +121,7 @@ impl TaskTokens {
         task_id: &TaskId,
         expires_at: DateTime<Utc>,
     ) -> Result<Secret, PortError> {
-        let key = self.key(true).await?.ok_or_else(|| {
-            PortError::Transient(format!(
-                "{TASK_TOKEN_KEY_SECRET} vanished after it was written"
-            ))
-        })?;
+        let key = self.minting_key().await?;
         let payload = format!(
             "{TOKEN_PREFIX}{}.{}",
             URL_SAFE_NO_PAD.encode(task_id.as_str()),
@@ -143,7 +151,7 @@ impl TaskTokens {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| TokenError::Invalid)?;
-        let key = self.key(false).await?.ok_or(TokenError::Invalid)?;
+        let key = self.stored_key().await?.ok_or(TokenError::Invalid)?;
         if !bool::from(Self::sign(key, payload).ct_eq(&signature)) {
             return Err(TokenError::Invalid);
         }
@@ -196,6 +204,41 @@ mod tests {
         let later = now + chrono::Duration::hours(2);
         let expired = tokens.verify(token.expose(), later).await.unwrap_err();
         assert!(expired.to_string().starts_with("task ended"), "{expired}");
+    }
+
+    /// A store that lets other tasks run at every call, as a real one does.
+    #[derive(Default)]
+    struct Yielding(MemorySecretStore);
+
+    #[async_trait::async_trait]
+    impl SecretStore for Yielding {
+        async fn get(&self, name: &str) -> Result<Option<Secret>, PortError> {
+            tokio::task::yield_now().await;
+            self.0.get(name).await
+        }
+        async fn put(&self, name: &str, value: &Secret) -> Result<(), PortError> {
+            tokio::task::yield_now().await;
+            self.0.put(name, value).await
+        }
+        async fn delete(&self, name: &str) -> Result<bool, PortError> {
+            self.0.delete(name).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::ports::SecretEntry>, PortError> {
+            self.0.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn tasks_started_at_once_share_one_key() {
+        let store: Arc<dyn SecretStore> = Arc::new(Yielding::default());
+        let minting = TaskTokens::new(Arc::clone(&store));
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let (a, b) = (TaskId::parse("a").unwrap(), TaskId::parse("b").unwrap());
+        let (one, two) = tokio::join!(minting.mint(&a, later), minting.mint(&b, later));
+        let verifying = TaskTokens::new(store);
+        for token in [one.unwrap(), two.unwrap()] {
+            assert!(verifying.verify(token.expose(), Utc::now()).await.is_ok());
+        }
     }
 
     #[tokio::test]

@@ -52,6 +52,9 @@ pub struct Engine {
     notify: Notify,
     /// Executions a runner is working on, so each has at most one.
     active: Mutex<HashSet<String>>,
+    /// Executions woken ([`Engine::wake`]) while not sleeping in a Wait: their next Wait
+    /// ends at once, so a worker that ended between a poll and the Wait is not waited for.
+    woken: Mutex<HashSet<String>>,
 }
 
 /// Marks an execution as taken by a runner until dropped.
@@ -87,6 +90,7 @@ impl Engine {
             clock,
             notify: Notify::new(),
             active: Mutex::new(HashSet::new()),
+            woken: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -94,6 +98,17 @@ impl Engine {
         self.active
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn woken_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.woken
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `name` was woken since its runner last looked; forgets the wake.
+    fn take_wake(&self, name: &str) -> bool {
+        self.woken_set().remove(name)
     }
 
     fn claim(&self, name: &str) -> Option<Claim<'_>> {
@@ -174,18 +189,23 @@ impl Engine {
 
     /// What [`Engine::wake`] does, awaited: done when it returns.
     pub async fn cut_wait_short(&self, name: &str) {
+        // Noted before looking: a runner entering a Wait after our look still sees the note.
+        self.woken_set().insert(name.to_owned());
         let Ok(Some(cursor)) = self.store.cursor(name).await else {
+            self.take_wake(name);
             return;
         };
+        if cursor.status != ExecutionStatus::Running {
+            self.take_wake(name);
+            return;
+        }
         let in_wait = matches!(
             self.definition.state(&cursor.state).map(|s| &s.kind),
             Some(StateKind::Wait { .. })
         );
         let now = self.clock.now();
-        if cursor.status == ExecutionStatus::Running
-            && in_wait
-            && cursor.wake_at.is_some_and(|wake| wake > now)
-        {
+        if in_wait && cursor.wake_at.is_some_and(|wake| wake > now) {
+            self.take_wake(name);
             if let Err(err) = self.store.set_wake(name, cursor.version, now).await {
                 tracing::warn!(execution = %name, error = %err, "engine: could not cut a Wait short");
             }

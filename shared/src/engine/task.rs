@@ -97,7 +97,7 @@ pub async fn invoke(
         (Some(limit), Some(end)) => tokio::select! {
             biased;
             result = call => result,
-            () = deadline(clock, end) => {
+            () = clock.reached(end) => {
                 return Err(StateError::new(TIMEOUT, format!("the task did not finish within {} seconds", limit.as_secs())));
             }
         },
@@ -109,18 +109,6 @@ pub async fn invoke(
         }
         Ok(value) => Ok(value),
         Err(failure) => Err(StateError::new(failure.error, failure.cause)),
-    }
-}
-
-/// Completes once `clock` shows `end`. It watches the clock instead of sleeping on it, so a
-/// manual clock is not pushed forward by a timeout nobody reached.
-async fn deadline(clock: &Arc<dyn Clock>, end: chrono::DateTime<chrono::Utc>) {
-    loop {
-        let left = (end - clock.now()).to_std().unwrap_or(Duration::ZERO);
-        if left.is_zero() {
-            return;
-        }
-        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
     }
 }
 

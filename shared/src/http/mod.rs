@@ -218,7 +218,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
         let presented = header
-            .and_then(|header| header.strip_prefix("Bearer "))
+            .and_then(|header| {
+                header
+                    .strip_prefix("Bearer ")
+                    .or_else(|| header.strip_prefix("bearer "))
+            })
             .map(str::trim);
         match presented {
             Some(token) if TaskTokens::is_task_token(token) => {
@@ -231,14 +235,6 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 /// The task a task token belongs to, while that task runs; the error is a ready 401.
 async fn task_caller(state: &AppState, token: &str) -> Result<TaskId, Response> {
-    let unauthorized = |message: String| {
-        let mut response = error_response(StatusCode::UNAUTHORIZED, message);
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        response
-    };
     let claims = match state
         .api_keys
         .task_tokens()
@@ -268,6 +264,16 @@ async fn task_caller(state: &AppState, token: &str) -> Result<TaskId, Response> 
     }
 }
 
+/// A 401 that asks for a bearer token.
+fn unauthorized(message: String) -> Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
 /// Checks the request's API key; the error is a ready 401 response.
 pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, Response> {
     let header = headers
@@ -280,12 +286,7 @@ pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<S
                 Ok(false) => "no API key is configured on this server; set TASKRUNNER_API_KEY for `taskrunner serve`, or create one with `taskrunner api-key create --name NAME`".to_owned(),
                 _ => message,
             };
-            let mut response = error_response(StatusCode::UNAUTHORIZED, message);
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            Err(response)
+            Err(unauthorized(message))
         }
         Err(AuthError::Store(err)) => Err(ApiError::from(err).into_response()),
     }

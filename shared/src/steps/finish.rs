@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::callback::{Delivery, DeliveryError};
 use crate::model::CallbackBody;
-use crate::ports::{LogTail, Outcome, TaskEnd, TaskPhase, TerminateReason};
+use crate::ports::{
+    DeliveryRecord, LogTail, Outcome, TaskEnd, TaskPhase, TerminateReason, WorkerHandle,
+};
 use crate::secret::Secret;
 use crate::task::{TaskSpec, callback_token_secret_name, task_token_secret_name};
 
@@ -166,7 +168,7 @@ pub async fn finish_and_callback(
         .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
 
     let callback = match &task.callback_url {
-        Some(url) => Some(deliver(steps, &task, url, &body).await?),
+        Some(url) => Some(deliver(steps, &task, &handle, url, &body).await?),
         None => None,
     };
     tracing::info!(status = end.outcome.as_str(), "task finished");
@@ -219,10 +221,22 @@ pub fn callback_body(task: &TaskSpec, end: &TaskEnd, tail: LogTail) -> CallbackB
 async fn deliver(
     steps: &Steps,
     task: &TaskSpec,
+    handle: &WorkerHandle,
     url: &str,
     body: &CallbackBody,
 ) -> Result<CallbackReport, StepError> {
     let webhook_id = format!("msg_{}", task.task_id);
+    // This step may run again after its delivery went through (a crash, or a lost write of
+    // the step): the record says so, and the receiver is not called twice.
+    if let Ok(Some(record)) = steps.worker.recorded_delivery(handle).await {
+        tracing::info!(webhook_id = record.webhook_id, "callback already delivered");
+        return Ok(CallbackReport {
+            delivered: true,
+            status_code: Some(record.status_code),
+            webhook_id: record.webhook_id,
+            signed: record.signed,
+        });
+    }
     let token_name = callback_token_secret_name(&task.task_id);
     let token = if task.has_callback_token {
         let token = steps
@@ -263,6 +277,15 @@ async fn deliver(
     match steps.callbacks.deliver(delivery).await {
         Ok(status) => {
             tracing::info!(status, "callback delivered");
+            let record = DeliveryRecord {
+                webhook_id: webhook_id.clone(),
+                status_code: status,
+                signed: !signing_secrets.is_empty(),
+            };
+            if let Err(err) = steps.worker.record_delivery(handle, &record).await {
+                // Failing the step now would deliver again for certain.
+                tracing::warn!(error = %err, "callback delivered, but its record could not be written");
+            }
             if task.has_callback_token {
                 steps
                     .secrets

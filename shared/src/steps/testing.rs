@@ -11,8 +11,8 @@ use crate::callback::{CallbackPolicy, CallbackSender};
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::ports::{
-    LogTail, PortError, TaskPhase, TerminateReason, WorkerBackend, WorkerHandle, WorkerStatus,
-    WorkerSummary,
+    DeliveryRecord, LogTail, PortError, TaskPhase, TerminateReason, WorkerBackend, WorkerHandle,
+    WorkerStatus, WorkerSummary,
 };
 use crate::task::{TaskFile, TaskId, TaskSpec, WorkerResources};
 
@@ -25,6 +25,7 @@ pub struct FakeWorker {
     pub calls: Mutex<Vec<String>>,
     pub log: Mutex<String>,
     pub workers: Mutex<Vec<WorkerSummary>>,
+    pub delivery: Mutex<Option<DeliveryRecord>>,
 }
 
 impl FakeWorker {
@@ -75,6 +76,22 @@ impl WorkerBackend for FakeWorker {
             id: task_id.to_string(),
         }
     }
+    async fn record_delivery(
+        &self,
+        _: &WorkerHandle,
+        delivery: &DeliveryRecord,
+    ) -> Result<(), PortError> {
+        *self.delivery.lock().unwrap() = Some(delivery.clone());
+        Ok(())
+    }
+
+    async fn recorded_delivery(
+        &self,
+        _: &WorkerHandle,
+    ) -> Result<Option<DeliveryRecord>, PortError> {
+        Ok(self.delivery.lock().unwrap().clone())
+    }
+
     async fn list(&self) -> Result<Vec<WorkerSummary>, PortError> {
         Ok(self.workers.lock().unwrap().clone())
     }

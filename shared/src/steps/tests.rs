@@ -210,6 +210,40 @@ async fn a_start_failure_still_calls_back_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_finish_step_run_again_after_its_delivery_does_not_call_back_twice() {
+    // The step's own write can be lost after the receiver accepted (kill -9 in between, a
+    // failed write): the engine then runs the step again with the same input.
+    let worker = Arc::new(FakeWorker::default());
+    let (steps, clock) = steps(worker.clone());
+    let (url, seen) = receiver(vec![]).await;
+    let mut task = spec("twice");
+    task.callback_url = Some(url);
+    let mut run = submit(&steps, ExecutionInput { task: task.clone() })
+        .await
+        .unwrap();
+    run.ended = Some(TaskEnd {
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        started_at: None,
+        finished_at: clock.now(),
+    });
+    let input = FinishInput {
+        task,
+        run: Some(run),
+        error: None,
+    };
+    let first = finish_and_callback(&steps, input.clone()).await.unwrap();
+    let again = finish_and_callback(&steps, input).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1, "one delivery for one end");
+    assert_eq!(first.callback, again.callback);
+    let callback = again.callback.expect("a callback report");
+    assert!(callback.delivered);
+    assert_eq!(callback.status_code, Some(200));
+    assert_eq!(callback.webhook_id, "msg_twice");
+}
+
+#[tokio::test]
 async fn a_refusing_receiver_is_a_retryable_error() {
     let worker = Arc::new(FakeWorker::default());
     let (steps, clock) = steps(worker.clone());

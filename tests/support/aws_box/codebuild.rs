@@ -833,6 +833,7 @@ pub async fn aws_json(
     let service = match target.split('.').next().unwrap_or_default() {
         "Logs_20140328" => "logs",
         "AWSStepFunctions" => "states",
+        "DynamoDB_20120810" => "dynamodb",
         other => other,
     };
     let response = http

@@ -16,13 +16,10 @@ use super::lambda::{Answer, Function};
 
 static REQUESTS: AtomicU64 = AtomicU64::new(1);
 
-/// Serves the HTTP API on loopback; its base URL (no trailing `/`).
-pub async fn start(api: Arc<Function>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+/// Serves the HTTP API on `listener`.
+pub fn serve(listener: tokio::net::TcpListener, api: Arc<Function>) {
     let app = Router::new().fallback(handle).with_state(api);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    url
 }
 
 async fn handle(State(api): State<Arc<Function>>, request: Request) -> Response {

@@ -35,10 +35,14 @@ pub const FUNCTIONS: &[&str] = &[
 pub const PROJECT: &str = "taskrunner-workers";
 /// The workers' log group.
 pub const LOG_GROUP: &str = "/taskrunner/workers";
+/// The stack's name (the state machine is `<stack>-tasks`, as the template names it).
+pub const STACK: &str = "taskrunner";
 /// The API key the deployment's `api-key` secret holds.
 pub const API_KEY: &str = "box-api-key";
 /// The bucket of the tasks directory (the template's `TasksBucket`); tasks under `tasks/`.
 pub const TASKS_BUCKET: &str = "taskrunner-tasks";
+/// The task line's table (the template's `TaskLineTable`).
+pub const LINE_TABLE: &str = "taskrunner-line";
 /// Secrets Manager name prefix (the template's `SecretPrefix` default).
 pub const SECRET_PREFIX: &str = "taskrunner/";
 
@@ -75,6 +79,8 @@ impl AwsBox {
         let front_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front_url = format!("http://{}", front_listener.local_addr().unwrap());
         let front_port = front_listener.local_addr().unwrap().port().to_string();
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", api_listener.local_addr().unwrap());
         let (moto, moto_url) = super::moto::spawn(&[("MOTO_PORT", front_port.as_str())]);
         let http = reqwest::Client::new();
         let answer = http
@@ -94,8 +100,19 @@ impl AwsBox {
         )
         .await;
         assert_eq!(status, 200, "CreateLogGroup: {answer}");
+        let (status, answer) = aws_json(
+            &http,
+            &moto_url,
+            "DynamoDB_20120810.CreateTable",
+            &json!({"TableName": LINE_TABLE, "BillingMode": "PAY_PER_REQUEST",
+                    "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "CreateTable: {answer}");
 
         let codebuild = CodeBuild::new(&moto_url, &dir.path().join("builds"), LOG_GROUP, gitconfig);
+        let mut envs = template_env(&front_url, &api_url, &state_machine_arn, extra_env);
         let mut functions = HashMap::new();
         for name in FUNCTIONS {
             let binary = binaries.join(name);
@@ -105,7 +122,7 @@ impl AwsBox {
                  `cargo test --workspace` does it)",
                 binary.display()
             );
-            let env = function_env(name, &front_url, &state_machine_arn, extra_env);
+            let env = envs.remove(*name).unwrap();
             let log = dir.path().join(format!("{name}.log"));
             functions.insert(
                 (*name).to_owned(),
@@ -120,7 +137,7 @@ impl AwsBox {
         });
         let app = Router::new().fallback(serve_front).with_state(front);
         tokio::spawn(async move { axum::serve(front_listener, app).await });
-        let api_url = gateway::start(Arc::clone(&functions["api"])).await;
+        gateway::serve(api_listener, Arc::clone(&functions["api"]));
         let aws = Self {
             _moto: moto,
             moto_url,
@@ -184,16 +201,19 @@ impl AwsBox {
         answer
     }
 
-    /// The full history of the task's execution.
-    pub async fn history(&self, task_id: &str) -> Value {
-        let arn = self
-            .state_machine_arn
+    /// The ARN of the task's execution (named by its task id).
+    pub fn execution_arn(&self, task_id: &str) -> String {
+        self.state_machine_arn
             .replace(":stateMachine:", ":execution:")
             + ":"
-            + task_id;
+            + task_id
+    }
+
+    /// The full history of the task's execution.
+    pub async fn history(&self, task_id: &str) -> Value {
         self.sfn(
             "GetExecutionHistory",
-            &json!({"executionArn": arn, "maxResults": 1000}),
+            &json!({"executionArn": self.execution_arn(task_id), "maxResults": 1000}),
         )
         .await
     }
@@ -265,55 +285,141 @@ impl Drop for AwsBox {
     }
 }
 
-/// The environment `template.yaml` gives `name`, pointed at the front, plus `extra`.
-fn function_env(
-    name: &str,
+/// The event EventBridge sends the cleanup function on its schedule.
+pub fn scheduled_event() -> Value {
+    json!({
+        "version": "0", "id": "box-sweep", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": chrono::Utc::now().to_rfc3339(), "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/taskrunner-sweep"], "detail": {}
+    })
+}
+
+/// The environment `template.yaml` gives each function (by binary name), its `Globals` and
+/// its own `Environment`, with `!Ref`/`!Sub` resolved to this box's resources and the
+/// parameters' defaults; then the box's own settings (`AWS_ENDPOINT_URL`, the API's URL, a
+/// loopback callback receiver over HTTP) and `extra`.
+fn template_env(
     front: &str,
+    api_url: &str,
     state_machine_arn: &str,
     extra: &[(&str, &str)],
-) -> Vec<(String, String)> {
-    let mut env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", front.to_owned()),
-        ("TASKRUNNER_SECRET_PREFIX", SECRET_PREFIX.to_owned()),
-        ("TASKRUNNER_LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-        ("TASKRUNNER_CODEBUILD_PROJECT", PROJECT.to_owned()),
-        ("TASKRUNNER_CODEBUILD_LOG_GROUP", LOG_GROUP.to_owned()),
-        ("TASKRUNNER_CALLBACK_ALLOW_HOSTS", String::new()),
-        ("TASKRUNNER_CALLBACK_ALLOW_CIDRS", String::new()),
-        // The test's callback receiver is on loopback, over plain HTTP.
-        ("TASKRUNNER_CALLBACK_ALLOW_LOOPBACK", "true".to_owned()),
-        ("TASKRUNNER_CALLBACK_REQUIRE_HTTPS", "false".to_owned()),
-        (
-            "TASKRUNNER_CALLBACK_SIGNING_SECRET_NAME",
-            "callback-signing".to_owned(),
-        ),
-    ];
-    match name {
-        "api" => {
-            env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
-            env.push(("TASKRUNNER_API_KEY_SECRET_NAME", "api-key".to_owned()));
-            env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
-        }
-        "submit" => {
-            env.push(("TASKRUNNER_MAX_CONCURRENT_WORKERS", "5".to_owned()));
-            env.push((
-                "TASKRUNNER_TASKS_S3_LOCATION",
-                format!("{TASKS_BUCKET}/tasks/"),
-            ));
-        }
-        "cleanup" => {
-            env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
-        }
-        _ => {}
-    }
-    let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+) -> HashMap<String, Vec<(String, String)>> {
+    let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+    // CloudFormation's short tags become {"Ref": ...}, {"Fn::Sub": ...}.
+    let script = r#"
+import json, sys, yaml
+class Loader(yaml.SafeLoader):
+    pass
+def tag(name):
+    def construct(loader, node):
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_scalar(node)
+        else:
+            value = loader.construct_sequence(node)
+        return {("Ref" if name == "Ref" else "Fn::" + name): value}
+    return construct
+for name in ["Ref", "Sub", "GetAtt", "Join", "If", "Equals", "Select", "Split"]:
+    Loader.add_constructor("!" + name, tag(name))
+doc = yaml.load(open(sys.argv[1]), Loader=Loader)
+out = {"globals": doc["Globals"]["Function"]["Environment"]["Variables"],
+       "parameters": {k: v.get("Default") for k, v in doc["Parameters"].items()},
+       "functions": {}}
+for name, resource in doc["Resources"].items():
+    if resource["Type"] == "AWS::Serverless::Function":
+        binary = resource["Metadata"]["BuildProperties"]["Binary"]
+        env = resource["Properties"].get("Environment", {}).get("Variables", {})
+        out["functions"][binary] = env
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&template)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "reading template.yaml: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    env
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let resolve = |name: &str| -> String {
+        match name {
+            "TaskStateMachine" => state_machine_arn.to_owned(),
+            "WorkerProject" => PROJECT.to_owned(),
+            "WorkerLogGroup" => LOG_GROUP.to_owned(),
+            "TaskLineTable" => LINE_TABLE.to_owned(),
+            "TasksBucket" => TASKS_BUCKET.to_owned(),
+            "HttpApi" => "box".to_owned(),
+            "AWS::Region" => "us-east-1".to_owned(),
+            "AWS::AccountId" => "123456789012".to_owned(),
+            "AWS::Partition" => "aws".to_owned(),
+            "AWS::URLSuffix" => "amazonaws.com".to_owned(),
+            "AWS::StackName" => STACK.to_owned(),
+            parameter => match &doc["parameters"][parameter] {
+                Value::String(value) => value.clone(),
+                Value::Null => panic!("template.yaml: the box cannot resolve {name:?}"),
+                other => other.to_string(),
+            },
+        }
+    };
+    let value = |raw: &Value| -> String {
+        if let Some(name) = raw["Ref"].as_str() {
+            return resolve(name);
+        }
+        if let Some(text) = raw["Fn::Sub"].as_str() {
+            let mut text = text.to_owned();
+            while let Some(start) = text.find("${") {
+                let end = start + text[start..].find('}').unwrap();
+                let name = text[start + 2..end].to_owned();
+                text.replace_range(start..=end, &resolve(&name));
+            }
+            return text;
+        }
+        match raw {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        }
+    };
+    let mut all = HashMap::new();
+    for name in FUNCTIONS {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let set = |env: &mut Vec<(String, String)>, key: &str, raw: String| {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_owned(), raw));
+        };
+        for (key, raw) in doc["globals"].as_object().unwrap() {
+            set(&mut env, key, value(raw));
+        }
+        let own = &doc["functions"][*name];
+        assert!(
+            own.is_object() || own.is_null(),
+            "template.yaml has no function {name}"
+        );
+        for (key, raw) in own.as_object().into_iter().flatten() {
+            set(&mut env, key, value(raw));
+        }
+        set(&mut env, "AWS_ENDPOINT_URL", front.to_owned());
+        if env.iter().any(|(k, _)| k == "TASKRUNNER_TASK_API_URL") {
+            // The API's public URL is this box's HTTP API stand-in.
+            set(&mut env, "TASKRUNNER_TASK_API_URL", api_url.to_owned());
+        }
+        // The test's callback receiver is on loopback, over plain HTTP.
+        set(
+            &mut env,
+            "TASKRUNNER_CALLBACK_ALLOW_LOOPBACK",
+            "true".to_owned(),
+        );
+        set(
+            &mut env,
+            "TASKRUNNER_CALLBACK_REQUIRE_HTTPS",
+            "false".to_owned(),
+        );
+        for (key, raw) in extra {
+            set(&mut env, key, (*raw).to_owned());
+        }
+        all.insert((*name).to_owned(), env);
+    }
+    all
 }
 
 /// Creates the state machine from the real ASL file, its Lambda ARNs substituted as
@@ -323,7 +429,8 @@ async fn create_state_machine(http: &reqwest::Client, moto: &str) -> String {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/state-machine.asl.json"),
     )
     .unwrap();
-    let arn = |name: &str| format!("arn:aws:lambda:us-east-1:123456789012:function:{name}");
+    // `!Ref <Function>.Alias`: the function's "live" alias.
+    let arn = |name: &str| format!("arn:aws:lambda:us-east-1:123456789012:function:{name}:live");
     let definition = asl
         .replace("${SubmitFunctionArn}", &arn("submit"))
         .replace("${PollWorkerFunctionArn}", &arn("poll-worker"))
@@ -335,7 +442,7 @@ async fn create_state_machine(http: &reqwest::Client, moto: &str) -> String {
         http,
         moto,
         "AWSStepFunctions.CreateStateMachine",
-        &json!({"name": "taskrunner", "definition": definition,
+        &json!({"name": format!("{STACK}-tasks"), "definition": definition,
                 "roleArn": "arn:aws:iam::123456789012:role/taskrunner-states", "type": "STANDARD"}),
     )
     .await;

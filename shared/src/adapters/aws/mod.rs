@@ -1,6 +1,7 @@
 //! AWS adapters (feature `aws`): Secrets Manager as the [`SecretStore`](crate::ports::SecretStore),
 //! Step Functions as the [`Orchestrator`](crate::ports::Orchestrator), CodeBuild builds as the
-//! [`WorkerBackend`](crate::ports::WorkerBackend) with logs from CloudWatch Logs.
+//! [`WorkerBackend`](crate::ports::WorkerBackend) with logs from CloudWatch Logs, and the task
+//! line in DynamoDB as the [`ConcurrencyGate`](crate::ports::ConcurrencyGate).
 //!
 //! Each adapter takes a ready SDK client, so the caller decides how it is configured (region,
 //! credentials, endpoint); the Lambdas build them once from the environment. SDK errors become
@@ -9,6 +10,7 @@
 
 pub mod codebuild;
 mod error;
+pub mod line;
 pub mod secrets;
 pub mod sfn;
 #[cfg(test)]

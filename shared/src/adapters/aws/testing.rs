@@ -94,6 +94,18 @@ impl Moto {
         aws_sdk_secretsmanager::Client::from_conf(config)
     }
 
+    /// A DynamoDB client for this server.
+    pub(crate) fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
     /// A Step Functions client for this server.
     pub(crate) fn step_functions(&self) -> aws_sdk_sfn::Client {
         use aws_sdk_sfn::config::{BehaviorVersion, Credentials, Region};

@@ -5,26 +5,14 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
+use crate::adapters::line::{LineEntry, LineLimits, decide};
 use crate::ports::{Admission, ConcurrencyGate, PortError};
 use crate::sqlite::Db;
 
 /// The embedded mode's [`ConcurrencyGate`].
 pub struct LocalGate {
     db: Db,
-    limits: Limits,
-}
-
-/// How many tasks may run: in all (None: no limit), and per concurrency key.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    max_running: Option<usize>,
-    per_key: usize,
-}
-
-struct Entry {
-    task_id: String,
-    key: Option<String>,
-    running: bool,
+    limits: LineLimits,
 }
 
 impl LocalGate {
@@ -53,49 +41,11 @@ impl LocalGate {
         })?;
         Ok(Self {
             db,
-            limits: Limits {
+            limits: LineLimits {
                 max_running,
                 per_key: per_key.max(1),
             },
         })
-    }
-}
-
-impl Limits {
-    /// Decides, over the whole line in order, whether `task_id` may run now.
-    fn decide(self, line: &[Entry], task_id: &str) -> Admission {
-        let running = |key: Option<&str>| {
-            line.iter()
-                .filter(|entry| entry.running && (key.is_none() || entry.key.as_deref() == key))
-                .count()
-        };
-        let mut total = running(None);
-        let mut per_key: std::collections::HashMap<Option<&str>, usize> = Default::default();
-        let mut ahead = 0;
-        for entry in line.iter().filter(|entry| !entry.running) {
-            let key = entry.key.as_deref();
-            let key_running = *per_key
-                .entry(key)
-                .or_insert_with(|| key.map_or(0, |k| running(Some(k))));
-            let room = self.max_running.is_none_or(|max| total < max)
-                && (key.is_none() || key_running < self.per_key);
-            if entry.task_id == task_id {
-                return if room {
-                    Admission::Admitted
-                } else {
-                    Admission::Queued { ahead }
-                };
-            }
-            if room {
-                // An earlier task would be admitted first: it takes the room it needs.
-                total += 1;
-                if key.is_some() {
-                    *per_key.entry(key).or_default() += 1;
-                }
-            }
-            ahead += 1;
-        }
-        Admission::Queued { ahead }
     }
 }
 
@@ -118,17 +68,17 @@ impl ConcurrencyGate for LocalGate {
                 if already == Some(true) {
                     return Ok(Admission::Admitted);
                 }
-                let line: Vec<Entry> = tx
+                let line: Vec<LineEntry> = tx
                     .prepare_cached("SELECT task_id, key, running FROM line ORDER BY seq")?
                     .query_map([], |row| {
-                        Ok(Entry {
+                        Ok(LineEntry {
                             task_id: row.get(0)?,
                             key: row.get(1)?,
                             running: row.get(2)?,
                         })
                     })?
                     .collect::<Result<_, _>>()?;
-                let admission = limits.decide(&line, &task_id);
+                let admission = decide(&line, &task_id, limits);
                 if admission == Admission::Admitted {
                     tx.prepare_cached("UPDATE line SET running = 1 WHERE task_id = ?1")?
                         .execute(params![task_id])?;

@@ -57,6 +57,10 @@ impl WorkerDir {
     pub fn keep_until(&self) -> PathBuf {
         self.dir.join("keep_until.json")
     }
+    /// The [`crate::ports::DeliveryRecord`] of the callback the receiver accepted.
+    pub fn delivery(&self) -> PathBuf {
+        self.dir.join("delivered.json")
+    }
     /// The supervisor's own stdout and stderr.
     pub fn supervisor_log(&self) -> PathBuf {
         self.dir.join("supervisor.log")

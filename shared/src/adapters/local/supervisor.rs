@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use super::git::{RepoClone, error_line};
 use super::layout::{
-    KILL_GRACE, Phase, TerminateMarker, WorkerDir, read_json, signal_ok, write_json, write_pid,
+    KILL_GRACE, Phase, TerminateMarker, WorkerDir, read_json, read_pid, signal_ok, write_json,
+    write_pid,
 };
 use super::limits::Limits;
 use super::mask::{LineMasker, Masker};
@@ -110,7 +111,12 @@ pub async fn supervise_from_stdin(dir: &Path) -> i32 {
 pub async fn supervise(dir: &Path, input: SupervisorInput) -> i32 {
     let worker = WorkerDir::new(dir);
     let deadline = Instant::now() + std::time::Duration::from_secs(input.spec.timeout_seconds);
-    if let Err(error) = write_pid(&worker.supervisor_pid(), std::process::id()) {
+    // The server writes our pid right after starting us; writing it again (a new file and
+    // a rename) is only needed when the server died before it could.
+    let own = std::process::id();
+    let known =
+        read_pid(&worker.supervisor_pid()).is_some_and(|pid| i64::from(pid) == i64::from(own));
+    if !known && let Err(error) = write_pid(&worker.supervisor_pid(), own) {
         eprintln!(
             "cannot write {}: {error}",
             worker.supervisor_pid().display()

@@ -23,8 +23,8 @@ use super::layout::{
 use super::supervisor::{PipedSecret, SupervisorInput, TaskSecret};
 use crate::auth::task_token::TaskTokens;
 use crate::ports::{
-    LogTail, Outcome, PortError, SecretStore, TaskEnd, TaskPhase, TerminateReason, WorkerBackend,
-    WorkerHandle, WorkerStatus, WorkerSummary,
+    DeliveryRecord, LogTail, Outcome, PortError, SecretStore, TaskEnd, TaskPhase, TerminateReason,
+    WorkerBackend, WorkerHandle, WorkerStatus, WorkerSummary,
 };
 use crate::secret::Secret;
 use crate::task::{TaskId, TaskSpec};
@@ -580,6 +580,26 @@ impl WorkerBackend for LocalWorker {
             });
         }
         Ok(workers)
+    }
+
+    async fn record_delivery(
+        &self,
+        handle: &WorkerHandle,
+        delivery: &DeliveryRecord,
+    ) -> Result<(), PortError> {
+        let worker = self.worker_dir(&Self::task_id_of(handle)?);
+        std::fs::create_dir_all(&worker.dir)
+            .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
+        write_json(&worker.delivery(), delivery)
+            .map_err(|e| io_error("write", &worker.delivery(), e))
+    }
+
+    async fn recorded_delivery(
+        &self,
+        handle: &WorkerHandle,
+    ) -> Result<Option<DeliveryRecord>, PortError> {
+        let worker = self.worker_dir(&Self::task_id_of(handle)?);
+        Ok(read_json(&worker.delivery()))
     }
 }
 

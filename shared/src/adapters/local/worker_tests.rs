@@ -591,3 +591,29 @@ async fn a_supervisor_that_vanished_is_reported_as_an_error() {
     assert_eq!(end.outcome, Outcome::Error);
     assert!(end.reason.unwrap().contains("vanished"));
 }
+
+#[tokio::test]
+async fn a_delivery_is_recorded_beside_the_worker() {
+    let fixture = Fixture::new(&[], &[]);
+    let handle = fixture
+        .worker
+        .handle_for(&TaskId::parse("delivered").unwrap());
+    assert_eq!(
+        fixture.worker.recorded_delivery(&handle).await.unwrap(),
+        None
+    );
+    let record = DeliveryRecord {
+        webhook_id: "msg_delivered".into(),
+        status_code: 204,
+        signed: true,
+    };
+    fixture
+        .worker
+        .record_delivery(&handle, &record)
+        .await
+        .unwrap();
+    assert_eq!(
+        fixture.worker.recorded_delivery(&handle).await.unwrap(),
+        Some(record)
+    );
+}

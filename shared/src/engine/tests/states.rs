@@ -482,6 +482,33 @@ async fn wake_cuts_a_wait_short() {
 }
 
 #[tokio::test]
+async fn a_wake_before_the_wait_is_entered_cuts_that_wait_short() {
+    // The worker can end after a poll said "running" and before the Wait is written: the
+    // wake then finds no Wait to cut, and must not be lost.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = manual_clock();
+    let definition = r#"{
+      "StartAt": "Poll",
+      "States": {
+        "Poll": {"Type": "Pass", "Next": "Sleep"},
+        "Sleep": {"Type": "Wait", "Seconds": 3600, "Next": "Done"},
+        "Done": {"Type": "Succeed"}
+      }
+    }"#;
+    let engine = open(&dir.path().join("e.db"), definition, vec![], &clock);
+    engine.start("early", &json!({})).await.expect("start");
+    engine.cut_wait_short("early").await;
+    engine.run_until_idle().await.expect("idle");
+    let view = engine
+        .describe("early")
+        .await
+        .expect("describe")
+        .expect("exists");
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    assert_eq!(clock.now(), t0(), "the hour-long Wait was cut short");
+}
+
+#[tokio::test]
 async fn waits_end_at_their_seconds_and_timestamps() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
