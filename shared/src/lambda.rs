@@ -14,6 +14,7 @@ use crate::adapters::aws::secrets::AwsSecretStore;
 use crate::adapters::aws::sfn::StepFunctions;
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackSender, check_callback_url};
+use crate::chain::ChildIndex;
 use crate::config::Config;
 use crate::embedded::callback_policy;
 use crate::engine::{TaskFailure, TaskHandler};
@@ -130,7 +131,13 @@ impl AwsStack {
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
             gate: None,
-            children: Default::default(),
+            // The finish step lists a task's children in the state machine it is told it runs in.
+            children: {
+                let client = aws_sdk_sfn::Client::new(&sdk);
+                ChildIndex::by_state_machine(move |arn: &str| -> Arc<dyn Orchestrator> {
+                    Arc::new(StepFunctions::new(client.clone(), arn))
+                })
+            },
         });
         Ok(Self {
             config,
