@@ -37,6 +37,9 @@ pub struct AwsSettings {
     pub codebuild_log_group: String,
     /// The tasks directory, an S3 folder `bucket/prefix/` (`TASKRUNNER_TASKS_S3_LOCATION`).
     pub tasks_s3_location: Option<String>,
+    /// The S3 folder `bucket/prefix/` holding the `taskrunner` CLI for the workers
+    /// (`TASKRUNNER_CLI_S3_LOCATION`).
+    pub cli_s3_location: Option<String>,
 }
 
 impl AwsSettings {
@@ -54,22 +57,37 @@ impl AwsSettings {
             codebuild_project: required("TASKRUNNER_CODEBUILD_PROJECT")?,
             codebuild_log_group: required("TASKRUNNER_CODEBUILD_LOG_GROUP")?,
             tasks_s3_location: var("TASKRUNNER_TASKS_S3_LOCATION")
-                .map(|location| tasks_location(&location))
+                .map(|location| {
+                    s3_folder(
+                        "TASKRUNNER_TASKS_S3_LOCATION",
+                        &location,
+                        "the tasks directory, e.g. my-bucket/tasks/",
+                    )
+                })
+                .transpose()?,
+            cli_s3_location: var("TASKRUNNER_CLI_S3_LOCATION")
+                .map(|location| {
+                    s3_folder(
+                        "TASKRUNNER_CLI_S3_LOCATION",
+                        &location,
+                        "the taskrunner CLI for the workers, e.g. my-bucket/cli/",
+                    )
+                })
                 .transpose()?,
         })
     }
 }
 
-/// `bucket/prefix/` as CodeBuild wants an S3 folder source, from that or `s3://bucket/prefix`.
-fn tasks_location(value: &str) -> Result<String, String> {
+/// `bucket/prefix/` as CodeBuild wants an S3 folder source, from that or `s3://bucket/prefix`;
+/// the error names the variable and what the folder holds.
+fn s3_folder(variable: &str, value: &str, holding: &str) -> Result<String, String> {
     let location = value.strip_prefix("s3://").unwrap_or(value);
     match location.split_once('/') {
         Some((bucket, _)) if !bucket.is_empty() => {
             Ok(format!("{}/", location.trim_end_matches('/')))
         }
         _ => Err(format!(
-            "TASKRUNNER_TASKS_S3_LOCATION {value:?}: expected BUCKET/PREFIX/ (the S3 folder \
-             holding the tasks directory, e.g. my-bucket/tasks/)"
+            "{variable} {value:?}: expected BUCKET/PREFIX/ (the S3 folder holding {holding})"
         )),
     }
 }
@@ -114,6 +132,7 @@ impl AwsStack {
                 buildspec: crate::adapters::aws::codebuild::RUNNER_BUILDSPEC.to_owned(),
                 keep_seconds: config.keep_workspace_seconds,
                 tasks_source: settings.tasks_s3_location.clone(),
+                cli_source: settings.cli_s3_location.clone(),
             },
         );
         // Tasks reach the API through its public URL to start children (the submit function).
