@@ -16,13 +16,29 @@ use super::lambda::{Answer, Function};
 
 static REQUESTS: AtomicU64 = AtomicU64::new(1);
 
-/// Serves the HTTP API on loopback; its base URL (no trailing `/`).
-pub async fn start(api: Arc<Function>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = Router::new().fallback(handle).with_state(api);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+/// The HTTP API's address on loopback, taken before the functions start so that the
+/// `submit` function can be told the URL tasks reach the API at (as the template tells it).
+pub struct Gateway {
+    listener: tokio::net::TcpListener,
+    /// Its base URL (no trailing `/`).
+    pub url: String,
+}
+
+impl Gateway {
+    /// Takes a loopback port.
+    pub async fn bind() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        Self { listener, url }
+    }
+
+    /// Serves the HTTP API with the `api` function behind it; its base URL.
+    pub fn serve(self, api: Arc<Function>) -> String {
+        let app = Router::new().fallback(handle).with_state(api);
+        let listener = self.listener;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        self.url
+    }
 }
 
 async fn handle(State(api): State<Arc<Function>>, request: Request) -> Response {

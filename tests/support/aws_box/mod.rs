@@ -96,6 +96,7 @@ impl AwsBox {
         assert_eq!(status, 200, "CreateLogGroup: {answer}");
 
         let codebuild = CodeBuild::new(&moto_url, &dir.path().join("builds"), LOG_GROUP, gitconfig);
+        let gateway = gateway::Gateway::bind().await;
         let mut functions = HashMap::new();
         for name in FUNCTIONS {
             let binary = binaries.join(name);
@@ -105,7 +106,13 @@ impl AwsBox {
                  `cargo test --workspace` does it)",
                 binary.display()
             );
-            let env = function_env(name, &front_url, &state_machine_arn, extra_env);
+            let env = function_env(
+                name,
+                &front_url,
+                &state_machine_arn,
+                &gateway.url,
+                extra_env,
+            );
             let log = dir.path().join(format!("{name}.log"));
             functions.insert(
                 (*name).to_owned(),
@@ -120,7 +127,7 @@ impl AwsBox {
         });
         let app = Router::new().fallback(serve_front).with_state(front);
         tokio::spawn(async move { axum::serve(front_listener, app).await });
-        let api_url = gateway::start(Arc::clone(&functions["api"])).await;
+        let api_url = gateway.serve(Arc::clone(&functions["api"]));
         let aws = Self {
             _moto: moto,
             moto_url,
@@ -152,6 +159,13 @@ impl AwsBox {
     /// Puts a file into the tasks directory, as `aws s3 sync ./tasks s3://BUCKET/tasks/` does.
     pub async fn put_task(&self, path: &str, text: &str) {
         self.s3_put(&format!("{TASKS_BUCKET}/tasks/{path}"), Some(text))
+            .await;
+    }
+
+    /// Ships the workers' `taskrunner` CLI, as the deployment uploads it to
+    /// `s3://BUCKET/cli/taskrunner`.
+    pub async fn put_cli(&self, text: &str) {
+        self.s3_put(&format!("{TASKS_BUCKET}/cli/taskrunner"), Some(text))
             .await;
     }
 
@@ -270,6 +284,7 @@ fn function_env(
     name: &str,
     front: &str,
     state_machine_arn: &str,
+    api_url: &str,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
     let mut env: Vec<(&str, String)> = vec![
@@ -301,6 +316,8 @@ fn function_env(
                 "TASKRUNNER_TASKS_S3_LOCATION",
                 format!("{TASKS_BUCKET}/tasks/"),
             ));
+            env.push(("TASKRUNNER_CLI_S3_LOCATION", format!("{TASKS_BUCKET}/cli/")));
+            env.push(("TASKRUNNER_TASK_API_URL", api_url.to_owned()));
         }
         "cleanup" => {
             env.push(("TASKRUNNER_STATE_MACHINE_ARN", state_machine_arn.to_owned()));
