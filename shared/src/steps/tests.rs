@@ -139,6 +139,7 @@ async fn finish_terminates_before_calling_back_and_forgets_the_token() {
             task: task.clone(),
             run: Some(run),
             error: None,
+            state_machine_arn: None,
         },
     )
     .await
@@ -186,6 +187,7 @@ async fn a_start_failure_still_calls_back_with_the_reason() {
             task,
             run: None,
             error: Some(error),
+            state_machine_arn: None,
         },
     )
     .await
@@ -264,6 +266,7 @@ async fn a_refusing_receiver_is_a_retryable_error() {
         task,
         run: Some(run),
         error: None,
+        state_machine_arn: None,
     };
     let err = finish_and_callback(&steps, input.clone())
         .await
