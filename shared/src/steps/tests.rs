@@ -234,6 +234,7 @@ async fn a_finish_step_run_again_after_its_delivery_does_not_call_back_twice() {
         task,
         run: Some(run),
         error: None,
+        state_machine_arn: None,
     };
     let first = finish_and_callback(&steps, input.clone()).await.unwrap();
     let again = finish_and_callback(&steps, input).await.unwrap();
