@@ -10,6 +10,7 @@
 #   TASKRUNNER_WORKSPACE      where repositories are cloned (default under CODEBUILD_SRC_DIR)
 #   TASKRUNNER_STATE_DIR      where the runner keeps its own files (default /tmp/taskrunner)
 #   CODEBUILD_SRC_DIR_tasks   the deployment's tasks directory, when the build has that source
+#   CODEBUILD_SRC_DIR_cli     the taskrunner CLI the deployment ships (a file `taskrunner`)
 # Lines starting with "[taskrunner] " are read back by the CodeBuild backend.
 set -euo pipefail
 
@@ -18,6 +19,15 @@ workspace="${TASKRUNNER_WORKSPACE:-${CODEBUILD_SRC_DIR:-$PWD}/taskrunner-workspa
 mkdir -p "$state_dir" "$workspace"
 
 note() { printf '[taskrunner] %s\n' "$*"; }
+
+# The taskrunner CLI the deployment ships, first on PATH for the startup script and the task
+# (S3 keeps no file modes, hence the copy). Without it a task still runs; the CLI is missing.
+cli_dir="${CODEBUILD_SRC_DIR_cli:-}"
+if [[ -n "$cli_dir" && -f "$cli_dir/taskrunner" ]]; then
+    mkdir -p "$state_dir/bin"
+    install -m 0755 "$cli_dir/taskrunner" "$state_dir/bin/taskrunner"
+    export PATH="$state_dir/bin:$PATH"
+fi
 fail() {
     printf '[taskrunner] error: %s\n' "$*"
     exit 1

@@ -77,6 +77,24 @@ impl Scene {
             "echo \"report from the tasks directory, in $(basename \"$PWD\")\"\n",
         )
         .await;
+        // A chained task: the parent starts its child with the CLI the deployment ships.
+        aws.put_task(
+            "chain-parent.sh",
+            "set -e\ndir=\"$(mktemp -d)\"\n\
+             echo '{\"task_id\": \"step\", \"task_file_name\": \"chain-child.sh\", \"worker_config\": {\"worker_size\": \"Small\"}}' > \"$dir/step.json\"\n\
+             echo \"taskrunner is $(command -v taskrunner)\"\n\
+             taskrunner submit \"$dir/step.json\" --wait > \"$dir/result.json\"\n\
+             echo \"child result: $(cat \"$dir/result.json\")\"\n",
+        )
+        .await;
+        aws.put_task("chain-child.sh", "echo 'the child step ran'\n")
+            .await;
+        // What ships is a launcher for the CLI this test built (the debug binary is 140 MB).
+        aws.put_cli(&format!(
+            "#!/bin/sh\nexec '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_taskrunner")
+        ))
+        .await;
         Self {
             aws,
             receiver: Receiver::start(vec![]).await,
@@ -149,6 +167,14 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     let mut original: Value =
         serde_json::from_str(include_str!("../examples/original-client.json")).unwrap();
     original["callback_url"] = json!(callback_url);
+    // Submitted in one burst with the others: the submit instances that start them create the
+    // task-token key at once on this fresh deployment, and the chained task's token must
+    // still be one the api function accepts.
+    let chained = json!({"task_id": "box-chain-1", "task_file_name": "chain-parent.sh",
+        "worker_config": {"worker_size": "Small"}, "callback_url": callback_url});
+    let (status, answer) = scene.call("POST", "/task-runner", Some(&chained)).await;
+    assert_eq!(status, 202, "{answer}");
+
     let (status, answer) = scene.call("POST", "/task-runner/", Some(&original)).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["task_id"], "model-deployment-task-1", "{answer}");
@@ -311,6 +337,27 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         assert_eq!(pair[0].2, pair[1].2, "{marks:?}");
     }
 
+    // The parent found the shipped CLI on its PATH, started its child with its task token,
+    // waited for it, and its callback names the child.
+    let parent = scene.callback("box-chain-1").await;
+    assert_eq!(parent["status"], "succeeded", "{parent}");
+    let logs = parent["logs"].as_str().unwrap();
+    assert!(logs.contains("taskrunner is /"), "{logs}");
+    assert!(
+        logs.contains("\"task_id\": \"box-chain-1.step\"")
+            && logs.contains("\"status\": \"succeeded\""),
+        "{logs}"
+    );
+    assert_eq!(
+        parent["children"],
+        json!([{"task_id": "box-chain-1.step", "status": "succeeded"}]),
+        "{parent}"
+    );
+    let (_, tail) = scene
+        .call("GET", "/task-runner/box-chain-1.step/logs", None)
+        .await;
+    assert!(tail.to_string().contains("the child step ran"), "{tail}");
+
     // The real definition ran: submit, at least one poll, then the callback step.
     let states = scene.aws.states_entered("model-deployment-task-1").await;
     assert_eq!(
@@ -347,6 +394,8 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         "box-tasks-dir-1",
         "box-missing-1",
         "box-key-1",
+        "box-chain-1",
+        "box-chain-1.step",
     ] {
         seen.push((
             format!("execution history of {task_id}"),
@@ -374,7 +423,7 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     );
 
     println!(
-        "aws_box: ten tasks through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
+        "aws_box: twelve tasks (one started by another) through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -23,6 +23,23 @@ use task_token::TaskTokens;
 /// Prefix of stored API key entries in the secret store.
 pub const API_KEY_PREFIX: &str = "taskrunner-api-key/";
 
+/// A deployment's signing key kept in the secret store under `name` (32 random bytes, hex):
+/// read, or created on first use. Creation is "store if absent" and the stored value is read
+/// back, so processes that race to create it (Lambda instances) all sign with the one that won.
+pub async fn signing_key(store: &dyn SecretStore, name: &str) -> Result<Secret, PortError> {
+    if let Some(key) = store.get(name).await? {
+        return Ok(key);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|err| PortError::Transient(format!("no randomness for {name}: {err}")))?;
+    store.create(name, &Secret::new(hex::encode(bytes))).await?;
+    store
+        .get(name)
+        .await?
+        .ok_or_else(|| PortError::Transient(format!("{name} vanished after it was written")))
+}
+
 /// The stored record of one key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiKeyRecord {

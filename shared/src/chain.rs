@@ -98,21 +98,50 @@ pub async fn running_descendants(
     Ok(ids)
 }
 
+/// Builds the orchestrator of the state machine with the given ARN.
+type OrchestratorFor = dyn Fn(&str) -> Arc<dyn Orchestrator> + Send + Sync;
+
 /// Where the finish step finds a task's children for its callback: the orchestrator,
-/// attached once it exists (the embedded engine is built after the steps it runs).
+/// attached once it exists (the embedded engine is built after the steps it runs), or, in
+/// the AWS mode, the state machine the finish step is told it runs in (its context object:
+/// the template cannot give the function the machine's ARN without a cycle).
 #[derive(Clone, Default)]
-pub struct ChildIndex(Arc<OnceLock<Weak<dyn Orchestrator>>>);
+pub struct ChildIndex {
+    attached: Arc<OnceLock<Weak<dyn Orchestrator>>>,
+    by_arn: Option<Arc<OrchestratorFor>>,
+}
 
 impl ChildIndex {
-    /// Reads children from `orchestrator` from now on.
-    pub fn attach(&self, orchestrator: &Arc<dyn Orchestrator>) {
-        let _ = self.0.set(Arc::downgrade(orchestrator));
+    /// Reads children through the orchestrator `build` makes for the state machine ARN the
+    /// finish step is given.
+    pub fn by_state_machine(
+        build: impl Fn(&str) -> Arc<dyn Orchestrator> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            attached: Arc::default(),
+            by_arn: Some(Arc::new(build)),
+        }
     }
 
-    /// The children of `parent`; none when no orchestrator is attached.
-    pub async fn children(&self, parent: &TaskId) -> Result<Vec<ChildRef>, PortError> {
-        let Some(orchestrator) = self.0.get().and_then(Weak::upgrade) else {
-            return Ok(Vec::new());
+    /// Reads children from `orchestrator` from now on.
+    pub fn attach(&self, orchestrator: &Arc<dyn Orchestrator>) {
+        let _ = self.attached.set(Arc::downgrade(orchestrator));
+    }
+
+    /// The children of `parent`, whose execution runs in the state machine
+    /// `state_machine_arn` (when known); none when no orchestrator can be reached.
+    pub async fn children(
+        &self,
+        parent: &TaskId,
+        state_machine_arn: Option<&str>,
+    ) -> Result<Vec<ChildRef>, PortError> {
+        let orchestrator = match (self.attached.get().and_then(Weak::upgrade), &self.by_arn) {
+            (Some(orchestrator), _) => orchestrator,
+            (None, Some(build)) => match state_machine_arn {
+                Some(arn) => build(arn),
+                None => return Ok(Vec::new()),
+            },
+            (None, None) => return Ok(Vec::new()),
         };
         match orchestrator.describe(parent.as_str()).await? {
             Some(execution) => children(orchestrator.as_ref(), &execution).await,

@@ -16,6 +16,7 @@ use crate::adapters::aws::sfn::StepFunctions;
 use crate::adapters::line::LineLimits;
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackSender, check_callback_url};
+use crate::chain::ChildIndex;
 use crate::config::Config;
 use crate::embedded::callback_policy;
 use crate::engine::{TaskFailure, TaskHandler};
@@ -41,6 +42,9 @@ pub struct AwsSettings {
     /// The DynamoDB table of the task line (`TASKRUNNER_TASK_LINE_TABLE`); without it there
     /// is no line: `concurrency_key` is refused and the deployment-wide limit is CodeBuild's.
     pub task_line_table: Option<String>,
+    /// The S3 folder `bucket/prefix/` holding the `taskrunner` CLI for the workers
+    /// (`TASKRUNNER_CLI_S3_LOCATION`).
+    pub cli_s3_location: Option<String>,
 }
 
 impl AwsSettings {
@@ -58,23 +62,38 @@ impl AwsSettings {
             codebuild_project: required("TASKRUNNER_CODEBUILD_PROJECT")?,
             codebuild_log_group: required("TASKRUNNER_CODEBUILD_LOG_GROUP")?,
             tasks_s3_location: var("TASKRUNNER_TASKS_S3_LOCATION")
-                .map(|location| tasks_location(&location))
+                .map(|location| {
+                    s3_folder(
+                        "TASKRUNNER_TASKS_S3_LOCATION",
+                        &location,
+                        "the tasks directory, e.g. my-bucket/tasks/",
+                    )
+                })
+                .transpose()?,
+            cli_s3_location: var("TASKRUNNER_CLI_S3_LOCATION")
+                .map(|location| {
+                    s3_folder(
+                        "TASKRUNNER_CLI_S3_LOCATION",
+                        &location,
+                        "the taskrunner CLI for the workers, e.g. my-bucket/cli/",
+                    )
+                })
                 .transpose()?,
             task_line_table: var("TASKRUNNER_TASK_LINE_TABLE"),
         })
     }
 }
 
-/// `bucket/prefix/` as CodeBuild wants an S3 folder source, from that or `s3://bucket/prefix`.
-fn tasks_location(value: &str) -> Result<String, String> {
+/// `bucket/prefix/` as CodeBuild wants an S3 folder source, from that or `s3://bucket/prefix`;
+/// the error names the variable and what the folder holds.
+fn s3_folder(variable: &str, value: &str, holding: &str) -> Result<String, String> {
     let location = value.strip_prefix("s3://").unwrap_or(value);
     match location.split_once('/') {
         Some((bucket, _)) if !bucket.is_empty() => {
             Ok(format!("{}/", location.trim_end_matches('/')))
         }
         _ => Err(format!(
-            "TASKRUNNER_TASKS_S3_LOCATION {value:?}: expected BUCKET/PREFIX/ (the S3 folder \
-             holding the tasks directory, e.g. my-bucket/tasks/)"
+            "{variable} {value:?}: expected BUCKET/PREFIX/ (the S3 folder holding {holding})"
         )),
     }
 }
@@ -119,6 +138,7 @@ impl AwsStack {
                 buildspec: crate::adapters::aws::codebuild::RUNNER_BUILDSPEC.to_owned(),
                 keep_seconds: config.keep_workspace_seconds,
                 tasks_source: settings.tasks_s3_location.clone(),
+                cli_source: settings.cli_s3_location.clone(),
             },
         );
         // Tasks reach the API through its public URL to start children (the submit function).
@@ -146,7 +166,13 @@ impl AwsStack {
             clock: Arc::new(crate::clock::SystemClock),
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
             gate,
-            children: Default::default(),
+            // The finish step lists a task's children in the state machine it is told it runs in.
+            children: {
+                let client = aws_sdk_sfn::Client::new(&sdk);
+                ChildIndex::by_state_machine(move |arn: &str| -> Arc<dyn Orchestrator> {
+                    Arc::new(StepFunctions::new(client.clone(), arn))
+                })
+            },
         });
         Ok(Self {
             config,

@@ -49,6 +49,17 @@ pub trait SecretStore: Send + Sync {
     async fn get(&self, name: &str) -> Result<Option<Secret>, PortError>;
     /// Stores (or replaces) the value under `name`.
     async fn put(&self, name: &str, value: &Secret) -> Result<(), PortError>;
+    /// Stores `value` under `name` only when nothing is stored there; `false` when a value
+    /// already was (it is kept). Stores shared by several processes make this atomic, so of
+    /// two processes creating the same entry at once exactly one wins; this default, a read
+    /// then a write, is enough for a store that one process owns.
+    async fn create(&self, name: &str, value: &Secret) -> Result<bool, PortError> {
+        if self.get(name).await?.is_some() {
+            return Ok(false);
+        }
+        self.put(name, value).await?;
+        Ok(true)
+    }
     /// Deletes `name`; `false` when it did not exist.
     async fn delete(&self, name: &str) -> Result<bool, PortError>;
     /// Entries whose name starts with `prefix`, sorted by name.

@@ -96,6 +96,8 @@ const retryStates = Object.entries(definition.States).filter(([, state]) => Arra
 
 const machine = new StateMachine(definition);
 const execution = machine.run(input, {
+  // The context object as the embedded engine gives it (Step Functions fills it in itself).
+  context: { StateMachine: { Id: "arn:aws:states:local:0:stateMachine:taskrunner", Name: "taskrunner" } },
   overrides: {
     taskResourceLocalHandlers: Object.fromEntries(taskStates.map(([name]) => [name, invokeStep])),
     waitTimeOverrides: Object.fromEntries(waitStates.map(([name]) => [name, 0])),

@@ -82,28 +82,11 @@ impl TaskTokens {
         }
     }
 
-    /// The key as minting needs it: created in the store when missing. Within a process one
-    /// creation runs at a time; two processes creating it at once both use whichever value
-    /// was stored last.
+    /// The key as minting needs it: created in the store when missing (see
+    /// [`super::signing_key`]); within a process one creation runs at a time.
     async fn minting_key(&self) -> Result<&Secret, PortError> {
         self.key
-            .get_or_try_init(|| async {
-                if let Some(stored) = self.store.get(TASK_TOKEN_KEY_SECRET).await? {
-                    return Ok(stored);
-                }
-                let mut bytes = [0u8; 32];
-                getrandom::fill(&mut bytes).map_err(|err| {
-                    PortError::Transient(format!("no randomness for the task-token key: {err}"))
-                })?;
-                self.store
-                    .put(TASK_TOKEN_KEY_SECRET, &Secret::new(hex::encode(bytes)))
-                    .await?;
-                self.store.get(TASK_TOKEN_KEY_SECRET).await?.ok_or_else(|| {
-                    PortError::Transient(format!(
-                        "{TASK_TOKEN_KEY_SECRET} vanished after it was written"
-                    ))
-                })
-            })
+            .get_or_try_init(|| super::signing_key(self.store.as_ref(), TASK_TOKEN_KEY_SECRET))
             .await
     }
 

@@ -59,6 +59,10 @@ pub fn build() -> Value {
             generator.subschema_for::<CallbackReceipt>(),
         ),
         schema("WorkerSize", generator.subschema_for::<WorkerSize>()),
+        schema(
+            "TaskView",
+            generator.subschema_for::<super::ui::view::TaskView>(),
+        ),
     ];
     let mut schemas: serde_json::Map<String, Value> =
         generator.take_definitions(true).into_iter().collect();
@@ -206,7 +210,7 @@ pub fn build() -> Value {
                 "responses": {"200": answer("a page of tasks", "TaskList"), "400": error("status or cursor is wrong"), "401": no_session, "5XX": unavailable}}},
             "/ui/api/tasks/{task_id}": {"get": {"summary": "Dashboard: status, history events after the after-th, callback attempts", "security": session(),
                 "parameters": [task_id, {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_AFTER}}],
-                "responses": {"200": {"description": "the task page's data", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": answer("the task page's data", "TaskView"),
                     "400": error("task_id or after is wrong"), "401": no_session, "404": no_task, "5XX": unavailable}}},
             "/ui/api/tasks/{task_id}/logs": {"get": {"summary": "Dashboard: the log tail", "security": session(), "parameters": [task_id],
                 "responses": {"200": answer("log tail", "LogsResponse"), "400": bad_id, "401": no_session, "404": no_task, "5XX": unavailable}}},

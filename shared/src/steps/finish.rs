@@ -75,7 +75,12 @@ pub async fn finish_and_callback(
     steps: &Steps,
     input: FinishInput,
 ) -> Result<FinishOutput, StepError> {
-    let FinishInput { task, run, error } = input;
+    let FinishInput {
+        task,
+        run,
+        error,
+        state_machine_arn,
+    } = input;
     let now = steps.clock.now();
     let handle = match &run {
         Some(run) => run.worker.clone(),
@@ -163,7 +168,7 @@ pub async fn finish_and_callback(
     let mut body = callback_body(&task, &end, tail);
     body.children = steps
         .children
-        .children(&task.task_id)
+        .children(&task.task_id, state_machine_arn.as_deref())
         .await
         .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
 

@@ -65,6 +65,23 @@ fn decode<T: DeserializeOwned>(payload: Value) -> Result<T, TaskFailure> {
     })
 }
 
+/// The FinishAndCallback state sends `{"input": STATE INPUT, "state_machine_arn": ARN}`
+/// (the ARN from the context object); the step reads that as one [`super::FinishInput`].
+/// A bare state input (the step called directly) is taken as it is.
+fn finish_payload(payload: Value) -> Value {
+    match payload {
+        Value::Object(mut wrapper) if wrapper.contains_key("input") => {
+            let arn = wrapper.remove("state_machine_arn").unwrap_or(Value::Null);
+            let mut input = wrapper.remove("input").unwrap_or(Value::Null);
+            if let Value::Object(fields) = &mut input {
+                fields.insert("state_machine_arn".into(), arn);
+            }
+            input
+        }
+        bare => bare,
+    }
+}
+
 fn encode<T: Serialize>(result: Result<T, StepError>) -> Result<Value, TaskFailure> {
     let output = result.map_err(|err| TaskFailure::new(err.error, err.cause))?;
     serde_json::to_value(output).map_err(|err| TaskFailure::new(errors::BAD_INPUT, err.to_string()))
@@ -76,7 +93,10 @@ impl TaskHandler for StepHandler {
         match self.step {
             Step::Submit => encode(super::submit(&self.steps, decode(payload)?).await),
             Step::Poll => encode(super::poll_worker(&self.steps, decode(payload)?).await),
-            Step::Finish => encode(super::finish_and_callback(&self.steps, decode(payload)?).await),
+            Step::Finish => {
+                let input = decode(finish_payload(payload))?;
+                encode(super::finish_and_callback(&self.steps, input).await)
+            }
         }
     }
 }

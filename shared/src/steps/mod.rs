@@ -164,6 +164,10 @@ pub struct FinishInput {
     /// The error caught on the way, if any.
     #[serde(default)]
     pub error: Option<CaughtError>,
+    /// The state machine the execution runs in (`$$.StateMachine.Id`, which the state
+    /// machine passes alongside its input), where the task's children are listed.
+    #[serde(default)]
+    pub state_machine_arn: Option<String>,
 }
 
 fn phase_name(phase: &crate::ports::TaskPhase) -> &'static str {

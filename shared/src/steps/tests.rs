@@ -139,6 +139,7 @@ async fn finish_terminates_before_calling_back_and_forgets_the_token() {
             task: task.clone(),
             run: Some(run),
             error: None,
+            state_machine_arn: None,
         },
     )
     .await
@@ -186,6 +187,7 @@ async fn a_start_failure_still_calls_back_with_the_reason() {
             task,
             run: None,
             error: Some(error),
+            state_machine_arn: None,
         },
     )
     .await
@@ -232,6 +234,7 @@ async fn a_finish_step_run_again_after_its_delivery_does_not_call_back_twice() {
         task,
         run: Some(run),
         error: None,
+        state_machine_arn: None,
     };
     let first = finish_and_callback(&steps, input.clone()).await.unwrap();
     let again = finish_and_callback(&steps, input).await.unwrap();
@@ -264,6 +267,7 @@ async fn a_refusing_receiver_is_a_retryable_error() {
         task,
         run: Some(run),
         error: None,
+        state_machine_arn: None,
     };
     let err = finish_and_callback(&steps, input.clone())
         .await

@@ -172,6 +172,13 @@ impl AwsBox {
             .await;
     }
 
+    /// Ships the workers' `taskrunner` CLI, as the deployment uploads it to
+    /// `s3://BUCKET/cli/taskrunner`.
+    pub async fn put_cli(&self, text: &str) {
+        self.s3_put(&format!("{TASKS_BUCKET}/cli/taskrunner"), Some(text))
+            .await;
+    }
+
     /// Creates a bucket (`body` None) or an object.
     async fn s3_put(&self, path: &str, body: Option<&str>) {
         let answer = self

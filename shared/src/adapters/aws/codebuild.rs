@@ -81,11 +81,18 @@ pub struct CodeBuildConfig {
     /// The tasks directory: an S3 folder, `bucket/prefix/`, given to each build as the
     /// secondary source [`TASKS_SOURCE_ID`]. `None`: task files come from the checkout only.
     pub tasks_source: Option<String>,
+    /// The `taskrunner` CLI the deployment ships: an S3 folder, `bucket/prefix/`, holding a
+    /// Linux build named `taskrunner`, given to each build as the secondary source
+    /// [`CLI_SOURCE_ID`]; the runner puts it first on the task's `PATH`.
+    pub cli_source: Option<String>,
 }
 
 /// The source identifier of the tasks directory; the build finds it in
 /// `$CODEBUILD_SRC_DIR_tasks`.
 pub const TASKS_SOURCE_ID: &str = "tasks";
+
+/// The source identifier of the shipped CLI; the build finds it in `$CODEBUILD_SRC_DIR_cli`.
+pub const CLI_SOURCE_ID: &str = "cli";
 
 /// Runs tasks as CodeBuild builds and reads their logs from CloudWatch Logs.
 pub struct CodeBuildWorker {
@@ -247,19 +254,28 @@ impl WorkerBackend for CodeBuildWorker {
     async fn start(&self, spec: &TaskSpec) -> Result<WorkerHandle, PortError> {
         let mut plan = request::StartPlan::new(spec, &self.config)?;
         plan.env.extend(self.chain_env(spec).await?);
-        let tasks = match &self.config.tasks_source {
-            Some(location) => Some(vec![
+        let mut sources = Vec::new();
+        for (location, id, what) in [
+            (
+                &self.config.tasks_source,
+                TASKS_SOURCE_ID,
+                "tasks directory",
+            ),
+            (&self.config.cli_source, CLI_SOURCE_ID, "taskrunner CLI"),
+        ] {
+            let Some(location) = location else { continue };
+            sources.push(
                 ProjectSource::builder()
                     .r#type(SourceType::S3)
                     .location(location)
-                    .source_identifier(TASKS_SOURCE_ID)
+                    .source_identifier(id)
                     .build()
                     .map_err(|e| {
-                        PortError::Permanent(format!("tasks directory source {location:?}: {e}"))
+                        PortError::Permanent(format!("{what} source {location:?}: {e}"))
                     })?,
-            ]),
-            None => None,
-        };
+            );
+        }
+        let sources = (!sources.is_empty()).then_some(sources);
         let out = self
             .codebuild
             .start_build()
@@ -269,7 +285,7 @@ impl WorkerBackend for CodeBuildWorker {
             .buildspec_override(&self.config.buildspec)
             .idempotency_token(plan.idempotency_token)
             .set_environment_variables_override(Some(plan.env))
-            .set_secondary_sources_override(tasks)
+            .set_secondary_sources_override(sources)
             .send()
             .await
             .map_err(|e| sdk_error("StartBuild", e))?;

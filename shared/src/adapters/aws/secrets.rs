@@ -154,6 +154,31 @@ impl SecretStore for AwsSecretStore {
         }
     }
 
+    /// CreateSecret, which Secrets Manager refuses when the name exists: the one atomic
+    /// "store if absent" it offers. A secret scheduled for deletion is restored and kept.
+    async fn create(&self, name: &str, value: &Secret) -> Result<bool, PortError> {
+        let full_name = self.full_name(name);
+        let created = self
+            .client
+            .create_secret()
+            .name(&full_name)
+            .secret_string(value.expose())
+            .send()
+            .await;
+        let err = match created {
+            Ok(_) => return Ok(true),
+            Err(err) => err,
+        };
+        match err.as_service_error() {
+            Some(service) if service.is_resource_exists_exception() => Ok(false),
+            Some(service) if marked_for_deletion(service) => {
+                self.restore(&full_name).await?;
+                Ok(false)
+            }
+            _ => Err(port_error("secretsmanager:CreateSecret", err)),
+        }
+    }
+
     /// DescribeSecret, then DeleteSecret: a forced delete succeeds whether or not the secret
     /// exists, so only the describe can tell `false` from `true`.
     async fn delete(&self, name: &str) -> Result<bool, PortError> {
@@ -311,6 +336,40 @@ mod tests {
         assert!(store.get("git/other").await.unwrap().is_none());
         assert!(store.list("git/").await.unwrap().is_empty());
         assert!(!store.delete("git/other").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn create_keeps_what_is_stored_and_racing_processes_share_one_key() {
+        let moto = Moto::start();
+        let store = AwsSecretStore::new(moto.secrets_manager(), "taskrunner/");
+        assert!(store.create("k/first", &Secret::new("one")).await.unwrap());
+        assert!(!store.create("k/first", &Secret::new("two")).await.unwrap());
+        assert_eq!(store.get("k/first").await.unwrap().unwrap().expose(), "one");
+
+        // Eight Lambda instances creating the signing key at once (each with its own client):
+        // every one of them ends up with the same key.
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = AwsSecretStore::new(moto.secrets_manager(), "taskrunner/");
+                tokio::spawn(async move {
+                    crate::auth::signing_key(&store, "taskrunner-task-token/key")
+                        .await
+                        .unwrap()
+                        .expose()
+                        .to_owned()
+                })
+            })
+            .collect();
+        let mut keys = Vec::new();
+        for racer in racers {
+            keys.push(racer.await.unwrap());
+        }
+        assert!(
+            keys.iter().all(|key| key == &keys[0]),
+            "{} keys",
+            keys.len()
+        );
+        assert_eq!(keys[0].len(), 64);
     }
 
     #[tokio::test]

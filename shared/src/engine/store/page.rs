@@ -35,6 +35,17 @@ impl Position {
     }
 }
 
+/// The least text above every text starting with `prefix`: its last character replaced by
+/// the next one (names compare as UTF-8 bytes, which is code point order), so `PARENT.`
+/// ends at `PARENT/`. None when the last character has no next one.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let last = prefix.chars().next_back()?;
+    let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32)?;
+    let mut end = prefix[..prefix.len() - last.len_utf8()].to_owned();
+    end.push(next);
+    Some(end)
+}
+
 impl Store {
     /// One page of executions matching `query`, newest first.
     pub async fn page(&self, query: &PageQuery) -> Result<ExecutionPage, EngineError> {
@@ -49,12 +60,23 @@ impl Store {
             args.push(Box::new(ms(since)));
         }
         if let Some(prefix) = query.prefix.as_deref().filter(|p| !p.is_empty()) {
-            // Not LIKE: `%` and `_` in a prefix stay literal.
-            conditions.push("substr(name, 1, ?) = ?");
-            args.push(Box::new(
-                i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX),
-            ));
+            // A range of the name index, not LIKE (`%` and `_` in a prefix stay literal) nor a
+            // scan comparing each name's start.
+            conditions.push("name >= ?");
             args.push(Box::new(prefix.to_owned()));
+            match prefix_end(prefix) {
+                Some(end) => {
+                    conditions.push("name < ?");
+                    args.push(Box::new(end));
+                }
+                None => {
+                    conditions.push("substr(name, 1, ?) = ?");
+                    args.push(Box::new(
+                        i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX),
+                    ));
+                    args.push(Box::new(prefix.to_owned()));
+                }
+            }
         }
         if let Some(token) = &query.token {
             let after = Position::parse(token)?;
@@ -103,5 +125,13 @@ mod tests {
         assert_eq!(position.token(), "1700000000000.build-1.2");
         assert!(Position::parse("nonsense").is_err());
         assert!(Position::parse("x.name").is_err());
+    }
+
+    #[test]
+    fn a_prefix_ends_before_its_last_character_s_successor() {
+        assert_eq!(prefix_end("deploy-1.").as_deref(), Some("deploy-1/"));
+        assert_eq!(prefix_end("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_end("x\u{d7ff}").as_deref(), Some("x\u{e000}"));
+        assert_eq!(prefix_end("x\u{10ffff}"), None);
     }
 }

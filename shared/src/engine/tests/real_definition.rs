@@ -92,7 +92,7 @@ fn setup(script: Script) -> Run {
                 "callback receiver answered 503",
             ));
         }
-        Ok(json!({"delivered": true, "error": payload.get("error")}))
+        Ok(json!({"delivered": true, "error": payload["input"].get("error")}))
     });
 
     let substitutions = HashMap::from([
@@ -148,7 +148,13 @@ async fn a_worker_done_after_three_polls() {
     assert_eq!(view.output, Some(json!({"delivered": true, "error": null})));
     assert_eq!(run.polls.count(), 3);
     assert_eq!(run.finishes.count(), 1);
-    let finish_input = &run.finishes.all()[0].1;
+    let finish_payload = &run.finishes.all()[0].1;
+    // The state's input, and where the task's children are listed.
+    assert_eq!(
+        finish_payload["state_machine_arn"],
+        json!("arn:aws:states:local:0:stateMachine:taskrunner")
+    );
+    let finish_input = &finish_payload["input"];
     assert_eq!(finish_input["task_id"], json!("task-1"));
     assert_eq!(finish_input["run"]["done"], json!(true));
     assert_eq!(finish_input["run"]["polls"], json!(3));
@@ -173,7 +179,7 @@ async fn a_failed_submit_still_calls_back_with_the_error() {
         "a non-transient error is not retried"
     );
     assert_eq!(run.polls.count(), 0);
-    let finish_input = &run.finishes.all()[0].1;
+    let finish_input = &run.finishes.all()[0].1["input"];
     assert_eq!(
         finish_input["error"],
         json!({"Error": "TaskRunner.SecretMissing", "Cause": "secret \"token\" does not exist"})

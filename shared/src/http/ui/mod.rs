@@ -11,7 +11,7 @@
 mod graph;
 mod page;
 pub mod session;
-mod view;
+pub(super) mod view;
 
 use std::sync::Arc;
 

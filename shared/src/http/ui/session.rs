@@ -40,24 +40,12 @@ pub struct Session {
 }
 
 impl SessionKey {
-    /// The deployment's key: read from `store`, created there when missing. Two processes
-    /// creating it at once both end up with whichever value was stored last.
+    /// The deployment's key: read from `store`, created there when missing (see
+    /// [`crate::auth::signing_key`]).
     pub async fn load(store: &dyn SecretStore) -> Result<Self, PortError> {
-        if let Some(key) = store.get(SESSION_KEY_SECRET).await? {
-            return Ok(Self(key));
-        }
-        store
-            .put(
-                SESSION_KEY_SECRET,
-                &Secret::new(hex::encode(random::<32>()?)),
-            )
-            .await?;
-        let key = store.get(SESSION_KEY_SECRET).await?.ok_or_else(|| {
-            PortError::Transient(format!(
-                "{SESSION_KEY_SECRET} vanished after it was written"
-            ))
-        })?;
-        Ok(Self(key))
+        crate::auth::signing_key(store, SESSION_KEY_SECRET)
+            .await
+            .map(Self)
     }
 
     /// A key given directly (tests).

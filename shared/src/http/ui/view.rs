@@ -19,7 +19,7 @@ const CALLBACK_STATE: &str = "FinishAndCallback";
 /// `GET /ui/api/tasks/{task_id}?after=N`: the status, and the history events past the N-th
 /// the page has seen. The page keeps the path taken and the callback attempts itself, from
 /// the events, so a refresh carries only what is new.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TaskView {
     /// The status, as `GET /task-runner/{task_id}` gives it.
     pub status: TaskStatus,
@@ -40,7 +40,7 @@ pub struct TaskView {
 }
 
 /// One history event, as the page lists it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct EventRow {
     /// Its position in the history, from 1.
     pub id: u64,
@@ -58,7 +58,7 @@ pub struct EventRow {
 
 /// How one callback delivery attempt ended (it started at the callback state's
 /// `TaskStarted` before it).
-#[derive(Debug, PartialEq, Serialize)]
+#[derive(Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct CallbackResult {
     /// Whether the receiver accepted it.
     pub delivered: bool,

@@ -316,3 +316,38 @@ fn the_tasks_directory_comes_first_then_the_checkout_with_the_local_workers_erro
         )
     );
 }
+
+#[test]
+fn the_shipped_cli_is_first_on_the_tasks_path_without_its_file_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = origin(tmp.path());
+    let tasks = tmp.path().join("tasks-source");
+    std::fs::create_dir_all(tasks.join("jobs")).unwrap();
+    std::fs::write(
+        tasks.join("jobs/task.py"),
+        "import subprocess\nsubprocess.run(['taskrunner', 'submit', 'child.json', '--wait'], check=True)\n",
+    )
+    .unwrap();
+    // As CodeBuild copies it from S3: a plain file, not executable.
+    let cli = tmp.path().join("cli-source");
+    std::fs::create_dir_all(&cli).unwrap();
+    std::fs::write(
+        cli.join("taskrunner"),
+        "#!/bin/sh\necho \"shipped taskrunner at $0: $*\"\n",
+    )
+    .unwrap();
+    let mut worker = Worker::new(tmp.path(), spec(format!("file://{}", repo.display())));
+    worker.set("CODEBUILD_SRC_DIR_tasks", &tasks.display().to_string());
+    worker.set("CODEBUILD_SRC_DIR_cli", &cli.display().to_string());
+    assert!(worker.phase("prepare").status.success());
+    let run = worker.phase("run");
+    let ran = text(&run);
+    assert!(run.status.success(), "{ran}");
+    assert!(
+        ran.contains(&format!(
+            "shipped taskrunner at {}/state/bin/taskrunner: submit child.json --wait",
+            tmp.path().display()
+        )),
+        "{ran}"
+    );
+}

@@ -89,6 +89,7 @@ fn config() -> CodeBuildConfig {
         buildspec: RUNNER_BUILDSPEC.into(),
         keep_seconds: 1800,
         tasks_source: None,
+        cli_source: None,
     }
 }
 
@@ -384,6 +385,42 @@ async fn the_tasks_directory_is_the_builds_secondary_source() {
     assert_eq!(sources[0].r#type(), &SourceType::S3);
     assert_eq!(sources[0].location(), Some("taskrunner-tasks-123/tasks/"));
     assert_eq!(sources[0].source_identifier(), Some("tasks"));
+}
+
+#[tokio::test]
+async fn the_shipped_cli_is_a_secondary_source_too() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rule = capture_start(seen.clone());
+    let codebuild = mock_client!(aws_sdk_codebuild, RuleMode::MatchAny, &[&rule], no_retries);
+    let logs = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, &[]);
+    let worker = CodeBuildWorker::new(
+        codebuild,
+        logs,
+        CodeBuildConfig {
+            tasks_source: Some("taskrunner-tasks-123/tasks/".into()),
+            cli_source: Some("taskrunner-tasks-123/cli/".into()),
+            ..config()
+        },
+    );
+    worker.start(&spec("cli-1", "Small")).await.unwrap();
+    let input = seen.lock().unwrap()[0].clone();
+    let sources: Vec<_> = input
+        .secondary_sources_override()
+        .iter()
+        .map(|s| {
+            (
+                s.source_identifier().unwrap_or_default(),
+                s.location().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("tasks", "taskrunner-tasks-123/tasks/"),
+            ("cli", "taskrunner-tasks-123/cli/")
+        ]
+    );
 }
 
 #[test]
