@@ -28,10 +28,12 @@ impl Moto {
     /// deployment's resources.
     pub fn start() -> Self {
         let (server, endpoint) = spawn(&[]);
-        let setup = format!(
-            r#"
-import boto3, json
-kw = dict(endpoint_url="{endpoint}", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+        let arn = boto3(
+            &endpoint,
+            "moto setup",
+            &format!(
+                r#"
+import json
 sfn = boto3.client("stepfunctions", **kw)
 arn = sfn.create_state_machine(name="taskrunner", roleArn="arn:aws:iam::123456789012:role/sfn",
     definition=json.dumps({{"StartAt": "Done", "States": {{"Done": {{"Type": "Succeed"}}}}}}))["stateMachineArn"]
@@ -41,43 +43,26 @@ boto3.client("codebuild", **kw).create_project(name="{PROJECT}", source={{"type"
 boto3.client("logs", **kw).create_log_group(logGroupName="{LOG_GROUP}")
 print(arn)
 "#
-        );
-        let output = Command::new("python3")
-            .args(["-c", &setup])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "moto setup: {}",
-            String::from_utf8_lossy(&output.stderr)
+            ),
         );
         Self {
             _server: server,
             endpoint,
-            state_machine_arn: String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            state_machine_arn: arn,
         }
     }
 
     /// Starts a build of the project directly (as a worker started earlier would be); its id.
     pub fn start_build(&self) -> String {
-        let script = format!(
-            r#"
-import boto3
-kw = dict(endpoint_url="{}", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
-print(boto3.client("codebuild", **kw).start_build(projectName="{PROJECT}")["build"]["id"])
-"#,
-            self.endpoint
-        );
-        let output = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "start_build: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        self.boto3(&format!(
+            r#"print(boto3.client("codebuild", **kw).start_build(projectName="{PROJECT}")["build"]["id"])"#
+        ))
+    }
+
+    /// Runs Python `code` with boto3 imported and `kw` holding the client arguments for this
+    /// moto; what it printed, trimmed.
+    pub fn boto3(&self, code: &str) -> String {
+        boto3(&self.endpoint, code, code)
     }
 
     /// The environment a function gets in the template, pointed at this moto.
@@ -156,4 +141,22 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs `code` under `python3` with boto3 clients' arguments for `endpoint` in `kw`; its
+/// trimmed output. `what` names the step when it fails.
+fn boto3(endpoint: &str, what: &str, code: &str) -> String {
+    let script = format!(
+        "import boto3\nkw = dict(endpoint_url=\"{endpoint}\", region_name=\"us-east-1\", aws_access_key_id=\"test\", aws_secret_access_key=\"test\")\n{code}\n"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }

@@ -9,7 +9,6 @@ mod lambda_runtime;
 #[path = "../../../tests/support/moto.rs"]
 mod moto;
 
-use std::process::Command;
 use std::sync::Arc;
 
 use lambda_runtime::{http_response, invoke};
@@ -23,23 +22,6 @@ use taskrunner::task::TaskId;
 const BIN: &str = env!("CARGO_BIN_EXE_api");
 const KEY: &str = "lambda-test-key";
 const SIGNING_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-/// Runs boto3 against moto.
-fn boto3(moto: &moto::Moto, code: &str) {
-    let script = format!(
-        "import boto3\nkw = dict(endpoint_url=\"{}\", region_name=\"us-east-1\", aws_access_key_id=\"test\", aws_secret_access_key=\"test\")\n{code}\n",
-        moto.endpoint
-    );
-    let output = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{code}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 async fn call(
     moto: &moto::Moto,
@@ -72,8 +54,7 @@ async fn token_for(task_id: &str, key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_function_verifies_task_tokens_and_their_scope() {
     let moto = moto::Moto::start();
-    boto3(
-        &moto,
+    moto.boto3(
         &format!(
             "sm = boto3.client('secretsmanager', **kw)\nsm.create_secret(Name='taskrunner/{TASK_TOKEN_KEY_SECRET}', SecretString='{SIGNING_KEY}')\nsm.create_secret(Name='taskrunner/ALLOWED', SecretString='v')"
         ),
@@ -126,8 +107,7 @@ async fn the_api_function_verifies_task_tokens_and_their_scope() {
     let (code, body) = call(&moto, "GET", "/task-runner/other.x", &foreign, None).await;
     assert_eq!(code, 401, "{body}");
 
-    boto3(
-        &moto,
+    moto.boto3(
         &format!(
             "sfn = boto3.client('stepfunctions', **kw)\nsfn.stop_execution(executionArn='{}'.replace(':stateMachine:', ':execution:') + ':parent')",
             moto.state_machine_arn

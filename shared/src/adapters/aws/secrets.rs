@@ -128,30 +128,12 @@ impl SecretStore for AwsSecretStore {
     }
 
     async fn put(&self, name: &str, value: &Secret) -> Result<(), PortError> {
-        let full_name = self.full_name(name);
         // The SDK fills in a `ClientRequestToken`, so its own retries of either call
         // do not store a second version.
-        let created = self
-            .client
-            .create_secret()
-            .name(&full_name)
-            .secret_string(value.expose())
-            .send()
-            .await;
-        let err = match created {
-            Ok(_) => return Ok(()),
-            Err(err) => err,
-        };
-        match err.as_service_error() {
-            Some(service) if service.is_resource_exists_exception() => {
-                self.put_value(&full_name, value).await
-            }
-            Some(service) if marked_for_deletion(service) => {
-                self.restore(&full_name).await?;
-                self.put_value(&full_name, value).await
-            }
-            _ => Err(port_error("secretsmanager:CreateSecret", err)),
+        if !self.create(name, value).await? {
+            self.put_value(&self.full_name(name), value).await?;
         }
+        Ok(())
     }
 
     /// CreateSecret, which Secrets Manager refuses when the name exists: the one atomic
