@@ -417,3 +417,20 @@ pub trait ConcurrencyGate: Send + Sync {
     /// Every task in line or running, for the cleanup sweep.
     async fn holders(&self) -> Result<Vec<String>, PortError>;
 }
+
+/// How a waiting execution is resumed: the `.waitForTaskToken` task `WaitForWorker` hands its
+/// token to `poll-worker`, which keeps it here by task id; the worker's end (a local process
+/// exit, a CodeBuild state-change event) finds it again and resumes the execution with the
+/// task's run state. Tokens are not secrets but are never logged.
+#[async_trait]
+pub trait TaskTokens: Send + Sync {
+    /// Keeps `token` as the one that resumes task `task_id`, replacing an older one (a
+    /// re-entered wait gets a new token).
+    async fn keep(&self, task_id: &str, token: &str) -> Result<(), PortError>;
+    /// Resumes the waiting execution of `task_id` with `output` (`SendTaskSuccess`). False
+    /// when no wait is open: no token kept, or the token already used or timed out.
+    async fn resume(&self, task_id: &str, output: &Value) -> Result<bool, PortError>;
+    /// Ends the waiting execution's wait with an error (`SendTaskFailure`), for cancel. False
+    /// when no wait is open.
+    async fn fail(&self, task_id: &str, error: &str, cause: &str) -> Result<bool, PortError>;
+}
