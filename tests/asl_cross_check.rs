@@ -92,6 +92,7 @@ impl World {
             callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
             gate: None,
             children: Default::default(),
+            tokens: Arc::new(taskrunner::adapters::memory::MemoryTaskTokens::default()),
         });
         let input = json!({ "task": spec(&receiver.url, case.timeout_seconds) });
         Self {
