@@ -59,6 +59,9 @@ impl Scene {
             &gitconfig,
             &[
                 ("TASKRUNNER_POLL_MIN_SECONDS", "2"),
+                // Without worker events, every wait ends at its safety net: keep it short.
+                ("TASKRUNNER_POLL_SAFETY_SECONDS", "2"),
+                ("TASKRUNNER_POLL_SAFETY_MAX_SECONDS", "2"),
                 ("TASKRUNNER_KEEP_WORKSPACE_SECONDS", "3"),
             ],
         )
