@@ -124,7 +124,7 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
         secrets: Arc::new(MemorySecretStore::default()),
         worker,
         clock: clock.clone(),
-        callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
+        callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default())),
         gate: None,
         children: Default::default(),
     });
