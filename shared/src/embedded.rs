@@ -79,7 +79,8 @@ async fn resume_ended(steps: &Steps, engine: &Engine, task_id: &str) {
             .and_then(|input| serde_json::from_value::<PollInput>(input).ok()),
         _ => None,
     };
-    let Some(input) = input.filter(|input| !input.run.done) else {
+    // A task waiting in line has no worker to have ended (its short wait asks the line).
+    let Some(input) = input.filter(|input| !input.run.done && input.run.phase != "queued") else {
         return;
     };
     let resumed = match steps::poll_worker(steps, input).await {
