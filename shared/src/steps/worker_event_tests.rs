@@ -1,0 +1,260 @@
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::ports::{Clock, ExecutionStatus, ExecutionView, Outcome, PortError, TaskEnd, TaskPhase};
+use crate::steps::testing::{FakeWorker, spec, steps};
+use crate::steps::{ExecutionInput, RunState, submit};
+
+const PROJECT: &str = "taskrunner-workers";
+
+/// Tokens kept by task id; `resume` answers false once the wait is closed, as
+/// `SendTaskSuccess` answers `TaskTimedOut`/`InvalidToken` for a used token.
+#[derive(Default)]
+struct Tokens {
+    open: Mutex<Vec<String>>,
+    resumed: Mutex<Vec<(String, Value)>>,
+}
+
+#[async_trait]
+impl TaskTokens for Tokens {
+    async fn keep(&self, task_id: &str, _token: &str) -> Result<(), PortError> {
+        self.open.lock().unwrap().push(task_id.to_owned());
+        Ok(())
+    }
+    async fn resume(&self, task_id: &str, output: &Value) -> Result<bool, PortError> {
+        let mut open = self.open.lock().unwrap();
+        let Some(at) = open.iter().position(|t| t == task_id) else {
+            return Ok(false);
+        };
+        open.remove(at);
+        self.resumed
+            .lock()
+            .unwrap()
+            .push((task_id.to_owned(), output.clone()));
+        Ok(true)
+    }
+    async fn fail(&self, _: &str, _: &str, _: &str) -> Result<bool, PortError> {
+        Ok(false)
+    }
+}
+
+/// A state-change event as CodeBuild sends it (the documented shape), for task `task_id`'s
+/// build `build`.
+fn state_change(task_id: &str, build: &str, status: &str) -> Value {
+    json!({
+        "version": "0", "id": "0f1e2d3c-0000-4000-8000-000000000001",
+        "detail-type": "CodeBuild Build State Change", "source": "aws.codebuild",
+        "account": "123456789012", "time": "2026-12-06T12:00:00Z", "region": "us-east-1",
+        "resources": [format!("arn:aws:codebuild:us-east-1:123456789012:build/{build}")],
+        "detail": {
+            "build-status": status, "project-name": PROJECT,
+            "build-id": format!("arn:aws:codebuild:us-east-1:123456789012:build/{build}"),
+            "additional-information": {
+                "environment": {
+                    "image": "aws/codebuild/amazonlinux-x86_64-standard:5.0",
+                    "type": "LINUX_CONTAINER", "compute-type": "BUILD_GENERAL1_SMALL",
+                    "environment-variables": [
+                        {"name": "GIT_TOKEN", "type": "SECRETS_MANAGER", "value": "taskrunner/github"},
+                        {"name": "TASKRUNNER_TASK_ID", "type": "PLAINTEXT", "value": task_id}
+                    ]
+                },
+                "build-complete": status != "IN_PROGRESS",
+                "build-start-time": "Dec 6, 2026 11:58:00 AM"
+            },
+            "current-phase": "COMPLETED", "version": "1"
+        }
+    })
+}
+
+fn phase_change(task_id: &str, build: &str, phase: &str) -> Value {
+    let mut event = state_change(task_id, build, "IN_PROGRESS");
+    event["detail-type"] = json!("CodeBuild Build Phase Change");
+    let detail = event["detail"].as_object_mut().unwrap();
+    detail.remove("build-status");
+    detail.insert("completed-phase".into(), json!(phase));
+    detail.insert("completed-phase-status".into(), json!("SUCCEEDED"));
+    event
+}
+
+#[test]
+fn both_event_kinds_name_the_task_and_its_build() {
+    let event = WorkerEvent::parse(&state_change("deploy-1", "p:u-1", "FAILED"), PROJECT).unwrap();
+    assert_eq!(event.task_id.as_str(), "deploy-1");
+    assert_eq!(event.build_id, "p:u-1");
+    assert_eq!(event.change, "FAILED");
+    let event = WorkerEvent::parse(&phase_change("deploy-1", "p:u-1", "BUILD"), PROJECT).unwrap();
+    assert_eq!(event.change, "BUILD");
+}
+
+#[test]
+fn events_of_other_builds_are_reasons_to_ignore() {
+    let mut other = state_change("deploy-1", "b", "SUCCEEDED");
+    other["detail"]["project-name"] = json!("someone-elses");
+    let why = WorkerEvent::parse(&other, PROJECT).unwrap_err();
+    assert!(why.contains("someone-elses"), "{why}");
+
+    let mut bare = state_change("deploy-1", "b", "SUCCEEDED");
+    bare["detail"]["additional-information"]["environment"]["environment-variables"] = json!([]);
+    let why = WorkerEvent::parse(&bare, PROJECT).unwrap_err();
+    assert!(why.contains("TASKRUNNER_TASK_ID"), "{why}");
+
+    // A real event may lack whole sections the documentation shows.
+    let mut sparse = state_change("deploy-1", "b", "SUCCEEDED");
+    sparse["detail"]
+        .as_object_mut()
+        .unwrap()
+        .remove("additional-information");
+    assert!(WorkerEvent::parse(&sparse, PROJECT).is_err());
+
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    assert!(WorkerEvent::parse(&scheduled, PROJECT).is_err());
+}
+
+fn waiting(input: Value) -> ExecutionView {
+    ExecutionView {
+        name: "t".into(),
+        status: ExecutionStatus::Running,
+        input: Value::Null,
+        output: None,
+        error: None,
+        cause: None,
+        current_state: Some("a wait".into()),
+        state_input: Some(input),
+        started_at: Utc::now(),
+        stopped_at: None,
+        transitions: 3,
+        history_events: 6,
+    }
+}
+
+#[tokio::test]
+async fn the_end_of_the_build_resumes_the_wait_with_the_polled_run_state() {
+    let worker = Arc::new(FakeWorker::default());
+    let (steps, clock) = steps(worker.clone());
+    let run = submit(&steps, ExecutionInput { task: spec("t") })
+        .await
+        .unwrap();
+    let input = json!({"task": spec("t"), "run": run});
+    let tokens = Tokens::default();
+    tokens.keep("t", "token").await.unwrap();
+    let event = WorkerEvent::parse(&state_change("t", "t", "SUCCEEDED"), PROJECT).unwrap();
+
+    // The event alone is not trusted: the build still runs, so nothing is resumed.
+    worker.set(TaskPhase::Running {
+        started_at: clock.now(),
+    });
+    let outcome = resume_if_ended(&steps, &tokens, &event, Some(waiting(input.clone())))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, EventOutcome::Ignored { .. }),
+        "{outcome:?}"
+    );
+    assert!(tokens.resumed.lock().unwrap().is_empty());
+
+    let end = TaskEnd {
+        outcome: Outcome::Failed,
+        exit_code: Some(3),
+        reason: None,
+        started_at: Some(clock.now()),
+        finished_at: clock.now(),
+    };
+    worker.set(TaskPhase::Ended(end.clone()));
+    let outcome = resume_if_ended(&steps, &tokens, &event, Some(waiting(input.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        EventOutcome::Resumed {
+            task_id: "t".into()
+        }
+    );
+    let resumed = tokens.resumed.lock().unwrap().clone();
+    assert_eq!(resumed.len(), 1);
+    let output: RunState = serde_json::from_value(resumed[0].1.clone()).unwrap();
+    assert!(output.done);
+    assert_eq!(output.ended, Some(end));
+    assert_eq!(output.worker, run.worker);
+
+    // The same event again (EventBridge delivers at least once): answered, nothing resumed.
+    let outcome = resume_if_ended(&steps, &tokens, &event, Some(waiting(input)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, EventOutcome::Ignored { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(tokens.resumed.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn events_for_no_open_wait_are_ignored() {
+    let worker = Arc::new(FakeWorker::default());
+    let (steps, clock) = steps(worker.clone());
+    worker.set(TaskPhase::Ended(TaskEnd {
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        started_at: None,
+        finished_at: clock.now(),
+    }));
+    let run = submit(&steps, ExecutionInput { task: spec("t") })
+        .await
+        .unwrap();
+    let tokens = Tokens::default();
+    tokens.keep("t", "token").await.unwrap();
+    let event = WorkerEvent::parse(&state_change("t", "t", "SUCCEEDED"), PROJECT).unwrap();
+
+    let ignored = |outcome: EventOutcome| match outcome {
+        EventOutcome::Ignored { reason } => reason,
+        other => panic!("expected the event to be ignored, got {other:?}"),
+    };
+    let reason = ignored(
+        resume_if_ended(&steps, &tokens, &event, None)
+            .await
+            .unwrap(),
+    );
+    assert!(reason.contains("no execution"), "{reason}");
+
+    let mut over = waiting(json!({"task": spec("t"), "run": run}));
+    over.status = ExecutionStatus::Succeeded;
+    let reason = ignored(
+        resume_if_ended(&steps, &tokens, &event, Some(over))
+            .await
+            .unwrap(),
+    );
+    assert!(reason.contains("already over"), "{reason}");
+
+    // Still in Submit: no run yet.
+    let reason = ignored(
+        resume_if_ended(
+            &steps,
+            &tokens,
+            &event,
+            Some(waiting(json!({"task": spec("t")}))),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(reason.contains("not waiting"), "{reason}");
+
+    // A build of an earlier start of the task (the run names another build).
+    let earlier = WorkerEvent::parse(&state_change("t", "p:old", "FAILED"), PROJECT).unwrap();
+    let reason = ignored(
+        resume_if_ended(
+            &steps,
+            &tokens,
+            &earlier,
+            Some(waiting(json!({"task": spec("t"), "run": run}))),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(reason.contains("not task t's worker"), "{reason}");
+    assert!(tokens.resumed.lock().unwrap().is_empty());
+    assert_eq!(worker.calls(), ["start"], "no build was read for these");
+}
