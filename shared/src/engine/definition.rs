@@ -65,6 +65,15 @@ pub enum WaitFor {
     TimestampPath(JsonPath),
 }
 
+/// A Task's time limit: written in the definition, or read from the state input.
+#[derive(Clone, Debug)]
+pub enum Limit {
+    /// `TimeoutSeconds` / `HeartbeatSeconds`.
+    Seconds(u64),
+    /// `TimeoutSecondsPath` / `HeartbeatSecondsPath`.
+    Path(JsonPath),
+}
+
 /// What a state does.
 #[derive(Clone, Debug)]
 pub enum StateKind {
@@ -72,8 +81,10 @@ pub enum StateKind {
     Task {
         /// `Resource`.
         resource: String,
-        /// `TimeoutSeconds`.
-        timeout_seconds: Option<u64>,
+        /// `TimeoutSeconds` or `TimeoutSecondsPath`.
+        timeout: Option<Limit>,
+        /// `HeartbeatSeconds` or `HeartbeatSecondsPath`.
+        heartbeat: Option<Limit>,
         /// `Retry`.
         retry: Vec<Retrier>,
         /// `Catch`.
@@ -278,14 +289,8 @@ fn parse_state(raw: &Value) -> Result<State, String> {
                 .and_then(Value::as_str)
                 .ok_or("a Task needs a \"Resource\" string")?
                 .to_string(),
-            timeout_seconds: match raw.get("TimeoutSeconds") {
-                None => None,
-                Some(v) => Some(
-                    v.as_u64()
-                        .filter(|n| *n > 0)
-                        .ok_or("\"TimeoutSeconds\" must be a positive integer")?,
-                ),
-            },
+            timeout: limit(raw, "Timeout")?,
+            heartbeat: limit(raw, "Heartbeat")?,
             retry: retry::parse_retriers(raw.get("Retry"))?,
             catch: retry::parse_catchers(raw.get("Catch"))?,
             transition: transition(raw)?,
@@ -323,7 +328,35 @@ fn parse_state(raw: &Value) -> Result<State, String> {
             ));
         }
     };
+    if let StateKind::Task {
+        timeout: Some(Limit::Seconds(timeout)),
+        heartbeat: Some(Limit::Seconds(heartbeat)),
+        ..
+    } = &kind
+        && heartbeat >= timeout
+    {
+        return Err(format!(
+            "\"HeartbeatSeconds\" ({heartbeat}) must be smaller than \"TimeoutSeconds\" ({timeout})"
+        ));
+    }
     Ok(State { io, kind })
+}
+
+/// `{name}Seconds` or `{name}SecondsPath`, not both.
+fn limit(raw: &Value, name: &str) -> Result<Option<Limit>, String> {
+    let key = format!("{name}Seconds");
+    let path_key = format!("{name}SecondsPath");
+    match (raw.get(&key), path_field(raw, &path_key)?) {
+        (Some(_), Some(_)) => Err(format!(
+            "\"{key}\" and \"{path_key}\" cannot both be given; keep one"
+        )),
+        (Some(v), None) => v
+            .as_u64()
+            .filter(|n| *n > 0)
+            .map(|n| Some(Limit::Seconds(n)))
+            .ok_or_else(|| format!("\"{key}\" must be a positive integer")),
+        (None, path) => Ok(path.map(Limit::Path)),
+    }
 }
 
 fn parse_wait(raw: &Value) -> Result<WaitFor, String> {
@@ -388,5 +421,32 @@ mod tests {
         let both =
             r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "A", "End": true}}}"#;
         assert!(Definition::parse(both).is_err());
+    }
+
+    #[test]
+    fn timeouts_are_one_of_seconds_or_path_and_heartbeats_come_first() {
+        let task = |fields: &str| {
+            format!(
+                r#"{{"StartAt": "A", "States": {{"A": {{"Type": "Task", "Resource": "r", {fields}, "End": true}}}}}}"#
+            )
+        };
+        let both = task(r#""TimeoutSeconds": 5, "TimeoutSecondsPath": "$.t""#);
+        let err = Definition::parse(&both).expect_err("both");
+        assert!(err.contains("TimeoutSecondsPath"), "{err}");
+        let late = task(r#""TimeoutSeconds": 5, "HeartbeatSeconds": 5"#);
+        let err = Definition::parse(&late).expect_err("heartbeat not below timeout");
+        assert!(err.contains("HeartbeatSeconds"), "{err}");
+        let zero = task(r#""HeartbeatSeconds": 0"#);
+        assert!(Definition::parse(&zero).is_err());
+        let fine = task(r#""TimeoutSecondsPath": "$.t", "HeartbeatSeconds": 5"#);
+        let definition = Definition::parse(&fine).expect("valid");
+        let Some(StateKind::Task {
+            timeout: Some(Limit::Path(_)),
+            heartbeat: Some(Limit::Seconds(5)),
+            ..
+        }) = definition.state("A").map(|s| &s.kind)
+        else {
+            panic!("limits not parsed");
+        };
     }
 }

@@ -44,6 +44,20 @@ impl From<EngineError> for PortError {
     }
 }
 
+/// Why a task token was not accepted, named as Step Functions' `SendTask*` errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No wait ever had this token.
+    #[error("InvalidToken: no task is waiting for this task token")]
+    InvalidToken,
+    /// The wait this token opened is over: answered, timed out, or its state was left.
+    #[error("TaskTimedOut: the task this token belongs to is no longer waiting")]
+    TaskTimedOut,
+    /// The engine could not record the answer.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
 /// An error raised by a state during an execution: `States.Runtime`, a task's own error...
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateError {
@@ -70,13 +84,16 @@ impl StateError {
 
 /// Input or output processing failed; terminal, never retried or caught.
 pub const RUNTIME: &str = "States.Runtime";
-/// A task ran past its `TimeoutSeconds`.
+/// A task ran past its `TimeoutSeconds` (`ErrorEquals: ["States.Timeout"]` also takes
+/// [`HEARTBEAT_TIMEOUT`]).
 pub const TIMEOUT: &str = "States.Timeout";
+/// A task sent no heartbeat within its `HeartbeatSeconds`.
+pub const HEARTBEAT_TIMEOUT: &str = "States.HeartbeatTimeout";
 /// No Choice rule matched and there is no `Default`.
 pub const NO_CHOICE_MATCHED: &str = "States.NoChoiceMatched";
 /// `ResultPath` could not be applied to the state input.
 pub const RESULT_PATH_MATCH_FAILURE: &str = "States.ResultPathMatchFailure";
 /// Matches every error name in `ErrorEquals`.
 pub const ALL: &str = "States.ALL";
-/// Matches every task error but `States.Timeout` in `ErrorEquals`.
+/// Matches every task error but the timeouts in `ErrorEquals`.
 pub const TASK_FAILED: &str = "States.TaskFailed";

@@ -51,12 +51,14 @@ pub struct Context<'a> {
     pub entered_at: DateTime<Utc>,
     /// Retries so far in this state.
     pub retry_count: u32,
+    /// The task token of a `.waitForTaskToken` attempt (`$$.Task.Token`).
+    pub task_token: Option<&'a str>,
 }
 
 impl Context<'_> {
     /// The context object.
     pub fn to_value(&self) -> Value {
-        json!({
+        let mut context = json!({
             "Execution": {
                 "Id": format!("arn:aws:states:local:0:execution:taskrunner:{}", self.name),
                 "Name": self.name,
@@ -73,7 +75,11 @@ impl Context<'_> {
                 "Id": "arn:aws:states:local:0:stateMachine:taskrunner",
                 "Name": "taskrunner",
             },
-        })
+        });
+        if let (Some(token), Value::Object(fields)) = (self.task_token, &mut context) {
+            fields.insert("Task".into(), json!({ "Token": token }));
+        }
+        context
     }
 }
 

@@ -6,8 +6,14 @@
 //! is taken: a Task running when the process dies runs again after a restart
 //! (at-least-once), and a Wait or retry delay resumes from its stored deadline.
 //!
-//! Not here: Map and Parallel states, JSONata, `.sync`/`.waitForTaskToken` integrations,
-//! `HeartbeatSeconds`, execution-level `TimeoutSeconds`.
+//! A `.waitForTaskToken` Task gets a fresh token per attempt (`$$.Task.Token`), kept with
+//! the execution, and waits until [`Engine::send_task_success`] or
+//! [`Engine::send_task_failure`] answers it, or its `TimeoutSeconds`/`TimeoutSecondsPath`
+//! (`States.Timeout`) or `HeartbeatSeconds` (`States.HeartbeatTimeout`) runs out; a late or
+//! repeated answer is refused (`TaskTimedOut`, `InvalidToken`).
+//!
+//! Not here: Map and Parallel states, JSONata, `.sync` integrations, execution-level
+//! `TimeoutSeconds`.
 
 pub mod choice;
 pub mod definition;
@@ -36,9 +42,9 @@ use crate::ports::{
     PortError, StartOutcome,
 };
 use definition::{Definition, StateKind};
-use store::{NewEvent, Store, Update};
+use store::{Answer, Lookup, NewEvent, Store, Update};
 
-pub use error::{EngineError, StateError};
+pub use error::{EngineError, StateError, TokenError};
 pub use store::HistoryEvent;
 pub use task::{TaskFailure, TaskHandler};
 
@@ -244,12 +250,56 @@ impl Engine {
         }
     }
 
+    /// `SendTaskSuccess`: the task waiting on `token` succeeds with `output`.
+    pub async fn send_task_success(&self, token: &str, output: Value) -> Result<(), TokenError> {
+        self.answer(token, Answer::Success(output)).await
+    }
+
+    /// `SendTaskFailure`: the task waiting on `token` fails with `error` and `cause`, which
+    /// its `Retry` and `Catch` see.
+    pub async fn send_task_failure(
+        &self,
+        token: &str,
+        error: &str,
+        cause: &str,
+    ) -> Result<(), TokenError> {
+        let answer = Answer::Failure {
+            error: error.to_owned(),
+            cause: cause.to_owned(),
+        };
+        self.answer(token, answer).await
+    }
+
+    /// `SendTaskHeartbeat`: the task waiting on `token` is still making progress; its
+    /// `HeartbeatSeconds` start again.
+    pub async fn send_task_heartbeat(&self, token: &str) -> Result<(), TokenError> {
+        let lookup = self.store.heartbeat(token, self.clock.now()).await?;
+        let found = token_found(lookup);
+        self.notify.notify_one();
+        found
+    }
+
+    async fn answer(&self, token: &str, answer: Answer) -> Result<(), TokenError> {
+        let lookup = self.store.answer(token, answer, self.clock.now()).await?;
+        let found = token_found(lookup);
+        self.notify.notify_one();
+        found
+    }
+
     /// The history events of an execution, in order.
     pub async fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
         if !self.store.exists(name).await? {
             return Err(EngineError::NotFound(name.to_string()));
         }
         self.store.history(name).await
+    }
+}
+
+fn token_found(lookup: Lookup) -> Result<(), TokenError> {
+    match lookup {
+        Lookup::Open(_) => Ok(()),
+        Lookup::Closed => Err(TokenError::TaskTimedOut),
+        Lookup::Unknown => Err(TokenError::InvalidToken),
     }
 }
 
@@ -260,7 +310,7 @@ fn check_handlers(definition: &Definition, handlers: &task::Handlers) -> Result<
         let StateKind::Task { resource, .. } = &state.kind else {
             continue;
         };
-        let wanted = if resource == task::LAMBDA_INVOKE {
+        let wanted = if task::integration(resource) == task::LAMBDA_INVOKE {
             state
                 .io
                 .parameters
@@ -268,7 +318,7 @@ fn check_handlers(definition: &Definition, handlers: &task::Handlers) -> Result<
                 .and_then(|p| p.get("FunctionName"))
                 .and_then(Value::as_str)
         } else {
-            Some(resource.as_str())
+            Some(task::integration(resource))
         };
         if let Some(wanted) = wanted
             && !handlers.contains_key(wanted)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::error::{ALL, RUNTIME, TASK_FAILED, TIMEOUT};
+use super::error::{ALL, HEARTBEAT_TIMEOUT, RUNTIME, TASK_FAILED, TIMEOUT};
 use super::path::JsonPath;
 
 /// One entry of `Retry`.
@@ -152,9 +152,13 @@ pub fn matches(error_equals: &[String], error: &str) -> bool {
     if error == RUNTIME {
         return false;
     }
-    error_equals
-        .iter()
-        .any(|name| name == error || name == ALL || (name == TASK_FAILED && error != TIMEOUT))
+    let timeout = error == TIMEOUT || error == HEARTBEAT_TIMEOUT;
+    error_equals.iter().any(|name| {
+        name == error
+            || name == ALL
+            || (name == TASK_FAILED && !timeout)
+            || (name == TIMEOUT && error == HEARTBEAT_TIMEOUT)
+    })
 }
 
 /// The index of the first retrier that takes `error`.
@@ -239,6 +243,12 @@ mod tests {
         assert!(!matches(&all, RUNTIME));
         assert!(matches(&task_failed, "My.Error"));
         assert!(!matches(&task_failed, TIMEOUT));
+        assert!(!matches(&task_failed, HEARTBEAT_TIMEOUT));
+        let timeout = vec![TIMEOUT.to_string()];
+        let heartbeat = vec![HEARTBEAT_TIMEOUT.to_string()];
+        assert!(matches(&timeout, HEARTBEAT_TIMEOUT));
+        assert!(!matches(&heartbeat, TIMEOUT));
+        assert!(matches(&heartbeat, HEARTBEAT_TIMEOUT));
         assert!(matches(&["X".to_string()], "X"));
         assert!(!matches(&["X".to_string()], "Y"));
     }

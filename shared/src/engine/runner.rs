@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 
 use super::Engine;
 use super::choice;
-use super::definition::{ErrorSource, State, StateKind, Transition, WaitFor};
-use super::error::{EngineError, NO_CHOICE_MATCHED, StateError};
+use super::definition::{ErrorSource, Limit, State, StateKind, Transition, WaitFor};
+use super::error::{EngineError, HEARTBEAT_TIMEOUT, NO_CHOICE_MATCHED, StateError, TIMEOUT};
 use super::io::{self, Context};
 use super::payload::apply_template;
 use super::retry;
-use super::store::{Cursor, NewEvent, Update};
+use super::store::{Answer, Cursor, NewEvent, NewWait, Update, Wait};
 use super::task;
 use crate::ports::ExecutionStatus;
 
@@ -207,7 +207,18 @@ async fn take_step(
 ) -> Result<Option<Step>, EngineError> {
     let raw = &cursor.state_input;
     let step = match &state.kind {
-        StateKind::Task { .. } => return run_task(engine, name, cursor, state).await,
+        StateKind::Task { resource, .. } => {
+            if task::waits_for_token(resource)
+                && let Some(wait) = engine.store.wait(name).await?
+                && !wait.closed
+                && (wait.invoked || wait.answer.is_some())
+            {
+                return resume_wait(engine, name, cursor, state, wait).await;
+            }
+            // A token attempt cut off before its handler returned starts again, with a
+            // new token (at least once, as any Task running when the process died).
+            return run_task(engine, name, cursor, state).await;
+        }
         StateKind::Wait { wait, transition } => match cursor.wake_at {
             Some(_) => match io::select(state.io.input_path.as_ref(), raw, "InputPath")
                 .and_then(|input| io::select(state.io.output_path.as_ref(), &input, "OutputPath"))
@@ -308,10 +319,96 @@ fn context<'a>(name: &'a str, cursor: &'a Cursor) -> Context<'a> {
         state: &cursor.state,
         entered_at: cursor.entered_at,
         retry_count: cursor.retry_counts.iter().sum(),
+        task_token: None,
     }
 }
 
-/// One attempt of a Task: written as scheduled, run, then its result or error handled.
+/// `TimeoutSeconds` of a `.waitForTaskToken` task without one, as in Step Functions.
+const DEFAULT_TOKEN_TIMEOUT_SECONDS: u64 = 99_999_999;
+
+/// What the history shows in place of a task token.
+const TOKEN_PLACEHOLDER: &str = "(task token)";
+
+/// A Task's limit in seconds: as written, or read from the state's input.
+fn limit_seconds(limit: &Limit, input: &Value, field: &str) -> Result<u64, StateError> {
+    match limit {
+        Limit::Seconds(seconds) => Ok(*seconds),
+        Limit::Path(path) => {
+            let value = io::select(Some(path), input, field)?;
+            value.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                StateError::runtime(format!(
+                    "{field} {:?} gave {value}, not a positive integer of seconds",
+                    path.as_str()
+                ))
+            })
+        }
+    }
+}
+
+/// `value` with every string equal to `token` replaced, so history never holds a token.
+fn redact(value: &Value, token: &str) -> Value {
+    match value {
+        Value::String(text) if text == token => Value::String(TOKEN_PLACEHOLDER.into()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| redact(v, token)).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), redact(v, token)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn after_seconds(now: DateTime<Utc>, seconds: u64) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(Duration::from_secs(seconds)).unwrap_or(chrono::Duration::MAX)
+}
+
+/// A `.waitForTaskToken` Task whose handler has returned: its token was answered, or its
+/// timeout or heartbeat ran out, or (woken early) it sleeps on until its deadline.
+async fn resume_wait(
+    engine: &Engine,
+    name: &str,
+    cursor: &Cursor,
+    state: &State,
+    wait: Wait,
+) -> Result<Option<Step>, EngineError> {
+    let now = engine.clock.now();
+    let beat_out = wait
+        .heartbeat_at
+        .is_some_and(|beat| beat <= now && beat <= wait.timeout_at);
+    let outcome = match wait.answer {
+        Some(Answer::Success(output)) => Ok(output),
+        Some(Answer::Failure { error, cause }) => Err(StateError::new(error, cause)),
+        None if beat_out => Err(StateError::new(
+            HEARTBEAT_TIMEOUT,
+            "no heartbeat came within the task's HeartbeatSeconds",
+        )),
+        None if wait.timeout_at <= now => Err(StateError::new(
+            TIMEOUT,
+            "the task token was not answered within the task's timeout",
+        )),
+        None => {
+            engine
+                .store
+                .set_wake(name, cursor.version, wait.deadline())
+                .await?;
+            return Ok(None);
+        }
+    };
+    Ok(Some(settle(
+        engine,
+        name,
+        cursor,
+        state,
+        cursor.version,
+        outcome,
+    )))
+}
+
+/// One attempt of a Task: written as scheduled, run, then its result or error handled. A
+/// `.waitForTaskToken` attempt gets a fresh token, stored with the attempt, and waits for
+/// it once its handler has returned.
 async fn run_task(
     engine: &Engine,
     name: &str,
@@ -320,51 +417,127 @@ async fn run_task(
 ) -> Result<Option<Step>, EngineError> {
     let StateKind::Task {
         resource,
-        timeout_seconds,
-        retry,
-        catch,
-        transition,
+        timeout,
+        heartbeat,
+        ..
     } = &state.kind
     else {
         return Ok(None);
     };
     let raw = &cursor.state_input;
-    let context = context(name, cursor).to_value();
-    let parameters = io::select(state.io.input_path.as_ref(), raw, "InputPath").and_then(|input| {
-        match &state.io.parameters {
-            Some(template) => apply_template(template, &input, &context),
-            None => Ok(input),
-        }
+    let token = task::waits_for_token(resource).then(task::new_token);
+    let mut context = context(name, cursor);
+    context.task_token = token.as_deref();
+    let context = context.to_value();
+    let prepared = io::select(state.io.input_path.as_ref(), raw, "InputPath").and_then(|input| {
+        let parameters = match &state.io.parameters {
+            Some(template) => apply_template(template, &input, &context)?,
+            None => input.clone(),
+        };
+        let timeout = timeout
+            .as_ref()
+            .map(|limit| limit_seconds(limit, &input, "TimeoutSecondsPath"))
+            .transpose()?
+            .or(token.is_some().then_some(DEFAULT_TOKEN_TIMEOUT_SECONDS));
+        let heartbeat = match (&token, heartbeat) {
+            (Some(_), Some(limit)) => Some(limit_seconds(limit, &input, "HeartbeatSecondsPath")?),
+            _ => None,
+        };
+        Ok((parameters, timeout, heartbeat))
     });
-    let parameters = match parameters {
-        Ok(parameters) => parameters,
+    let (parameters, timeout_seconds, heartbeat_seconds) = match prepared {
+        Ok(prepared) => prepared,
         Err(err) => return Ok(Some(fail(cursor.version, &err, Vec::new()))),
+    };
+    let shown = match &token {
+        Some(token) => redact(&parameters, token),
+        None => parameters.clone(),
     };
     let scheduled = [
         NewEvent::new(
             "TaskScheduled",
             Some(&cursor.state),
-            json!({"resource": resource, "parameters": parameters}),
+            json!({
+                "resource": resource,
+                "parameters": shown,
+                "timeoutInSeconds": timeout_seconds,
+                "heartbeatInSeconds": heartbeat_seconds,
+            }),
         ),
         NewEvent::new("TaskStarted", Some(&cursor.state), json!({})),
     ];
     let now = engine.clock.now();
-    let Some(version) = engine
-        .store
-        .apply(name, cursor.version, &Update::Attempt, &scheduled, now)
-        .await?
-    else {
+    let written = match &token {
+        Some(token) => {
+            let wait = NewWait {
+                token: token.clone(),
+                timeout_at: after_seconds(
+                    now,
+                    timeout_seconds.unwrap_or(DEFAULT_TOKEN_TIMEOUT_SECONDS),
+                ),
+                heartbeat_seconds,
+            };
+            engine
+                .store
+                .begin_wait(name, cursor.version, &scheduled, wait, now)
+                .await?
+        }
+        None => {
+            engine
+                .store
+                .apply(name, cursor.version, &Update::Attempt, &scheduled, now)
+                .await?
+        }
+    };
+    let Some(version) = written else {
         return Ok(None);
     };
-    let timeout = timeout_seconds.map(Duration::from_secs);
     let outcome = task::invoke(
         &engine.handlers,
         &engine.clock,
         resource,
         parameters,
-        timeout,
+        timeout_seconds.map(Duration::from_secs),
     )
     .await;
+    if let (Some(token), Ok(submitted)) = (&token, &outcome) {
+        // The handler's result is not the task's: the token's answer will be.
+        let events = [NewEvent::new(
+            "TaskSubmitted",
+            Some(&cursor.state),
+            json!({ "output": submitted }),
+        )];
+        engine
+            .store
+            .waiting(name, token, &events, engine.clock.now())
+            .await?;
+        return Ok(None);
+    }
+    Ok(Some(settle(engine, name, cursor, state, version, outcome)))
+}
+
+/// A Task attempt's result or error, handled: into the next state, a retry, a catcher, or
+/// the execution's failure.
+fn settle(
+    engine: &Engine,
+    name: &str,
+    cursor: &Cursor,
+    state: &State,
+    version: i64,
+    outcome: Result<Value, StateError>,
+) -> Step {
+    let StateKind::Task {
+        retry,
+        catch,
+        transition,
+        ..
+    } = &state.kind
+    else {
+        let err = StateError::runtime(format!("state {:?} is not a Task", cursor.state));
+        return fail(version, &err, Vec::new());
+    };
+    let raw = &cursor.state_input;
+    let context = context(name, cursor).to_value();
     let mut events = Vec::new();
     let processed = match outcome {
         Ok(result) => {
@@ -384,7 +557,7 @@ async fn run_task(
                 })
         }
         Err(err) => {
-            let event_type = if err.error == super::error::TIMEOUT {
+            let event_type = if err.error == TIMEOUT || err.error == HEARTBEAT_TIMEOUT {
                 "TaskTimedOut"
             } else {
                 "TaskFailed"
@@ -401,7 +574,7 @@ async fn run_task(
         Ok(output) => {
             let mut step = leave(engine, cursor, state, transition, output, events);
             step.version = version;
-            return Ok(Some(step));
+            return step;
         }
         Err(err) => err,
     };
@@ -414,27 +587,27 @@ async fn run_task(
             let delay = retrier.delay(counts[index], retry::random_unit());
             counts[index] += 1;
             let wake_at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-            return Ok(Some(Step {
+            return Step {
                 version,
                 update: Update::Retry {
                     retry_counts: counts,
                     wake_at,
                 },
                 events,
-            }));
+            };
         }
     }
     if let Some(catcher) = retry::find_catcher(catch, &err.error) {
         let caught = json!({"Error": err.error, "Cause": err.cause});
-        match io::place(catcher.result_path.as_ref(), raw, caught) {
+        return match io::place(catcher.result_path.as_ref(), raw, caught) {
             Ok(output) => {
                 let transition = Transition::Next(catcher.next.clone());
                 let mut step = leave(engine, cursor, state, &transition, output, events);
                 step.version = version;
-                return Ok(Some(step));
+                step
             }
-            Err(place_err) => return Ok(Some(fail(version, &place_err, events))),
-        }
+            Err(place_err) => fail(version, &place_err, events),
+        };
     }
-    Ok(Some(fail(version, &err, events)))
+    fail(version, &err, events)
 }

@@ -12,6 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 mod page;
+mod waits;
+
+pub use waits::{Answer, Lookup, NewWait, Wait};
 
 use super::error::EngineError;
 use crate::ports::{ExecutionStatus, ExecutionView, StartOutcome};
@@ -315,7 +318,10 @@ fn apply_update(
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
-        let db = Db::open(path, "engine-db", |conn| conn.execute_batch(SCHEMA))?;
+        let db = Db::open(path, "engine-db", |conn| {
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(waits::SCHEMA)
+        })?;
         Ok(Self { db })
     }
 
@@ -401,6 +407,9 @@ impl Store {
             .write_relaxed(move |tx| {
                 if apply_update(tx, &name, version, &update, now)? == 0 {
                     return Ok(None);
+                }
+                if !matches!(update, Update::Attempt) {
+                    waits::close(tx, &name)?;
                 }
                 append_events(tx, &name, &events, now)?;
                 Ok(Some(version + 1))
@@ -490,6 +499,7 @@ impl Store {
                 if changed == 0 {
                     return Ok(false);
                 }
+                waits::close(tx, &name)?;
                 let event = NewEvent::new(
                     "ExecutionAborted",
                     None,
@@ -624,6 +634,11 @@ impl Store {
             .write_relaxed(move |tx| {
                 tx.execute(
                     "DELETE FROM history WHERE execution IN (SELECT name FROM executions
+                     WHERE status != 'RUNNING' AND stopped_at < ?1)",
+                    [ms(before)],
+                )?;
+                tx.execute(
+                    "DELETE FROM waits WHERE execution IN (SELECT name FROM executions
                      WHERE status != 'RUNNING' AND stopped_at < ?1)",
                     [ms(before)],
                 )?;

@@ -14,6 +14,31 @@ use crate::ports::Clock;
 /// The resource of a Lambda invocation with a `FunctionName` and `Payload` in `Parameters`.
 pub const LAMBDA_INVOKE: &str = "arn:aws:states:::lambda:invoke";
 
+/// The suffix of a callback integration: the task waits for its token to be answered.
+pub const WAIT_FOR_TASK_TOKEN: &str = ".waitForTaskToken";
+
+/// Whether a Task with `resource` waits for its task token (`...invoke.waitForTaskToken`).
+pub fn waits_for_token(resource: &str) -> bool {
+    resource.ends_with(WAIT_FOR_TASK_TOKEN)
+}
+
+/// The integration a resource calls, without the callback suffix.
+pub fn integration(resource: &str) -> &str {
+    resource
+        .strip_suffix(WAIT_FOR_TASK_TOKEN)
+        .unwrap_or(resource)
+}
+
+/// A fresh task token: 48 random bytes, URL-safe base64 (64 characters).
+pub fn new_token() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 48];
+    // The OS generator does not fail on supported platforms; a failure leaves zeros,
+    // which the UNIQUE token column would then refuse rather than reuse.
+    let _ = getrandom::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// An error a task handler reports: Step Functions' error name and cause.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskFailure {
@@ -50,6 +75,7 @@ fn target<'a>(
     resource: &str,
     parameters: Value,
 ) -> Result<(&'a Arc<dyn TaskHandler>, Value, bool), StateError> {
+    let resource = integration(resource);
     if resource == LAMBDA_INVOKE {
         let function = parameters
             .get("FunctionName")

@@ -3,6 +3,7 @@
 mod persistence;
 mod real_definition;
 mod states;
+mod tokens;
 
 use std::collections::HashMap;
 use std::path::Path;
