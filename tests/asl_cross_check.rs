@@ -5,27 +5,34 @@
 //!
 //! Needs `npm ci --prefix tests/asl` (Node 22 and the interpreter, from npm). Only 127.0.0.1
 //! is contacted. Both runs use a manual clock starting at the same instant, so timestamps in
-//! the output agree to the second: the engine's Waits sleep on it, and the step endpoint
-//! replays the Node side's skipped Waits on it before each poll.
+//! the output agree to the second: the engine's timeouts sleep on it, and the step endpoint
+//! replays the Node side's (real, one-second) safety-net timeouts on it before each poll.
+//!
+//! The wait for the worker's end is a task token on both: the token is kept through
+//! `TaskTokens` (the engine's own tokens; the endpoint's stand-in on Node), and a worker
+//! whose end is heard resumes it right after the wait is armed. A case whose end is not
+//! heard ends each wait at its safety net and polls.
 
 mod support;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 use support::asl_harness;
 use support::receiver::Receiver;
 use support::scripted_worker::{Script, ScriptedWorker};
-use support::step_server::StepServer;
+use support::step_server::{HarnessTokens, StepServer};
+use taskrunner::adapters::local::tokens::LocalTaskTokens;
 use taskrunner::adapters::memory::MemorySecretStore;
 use taskrunner::callback::{CallbackPolicy, CallbackSender};
 use taskrunner::clock::ManualClock;
-use taskrunner::config::Config;
+use taskrunner::config::{Config, PollConfig};
 use taskrunner::embedded::{STATE_MACHINE, step_handlers, substitutions};
-use taskrunner::engine::Engine;
-use taskrunner::ports::Orchestrator;
-use taskrunner::steps::Steps;
+use taskrunner::engine::{Engine, TaskFailure, TaskHandler};
+use taskrunner::ports::{Orchestrator, TaskTokens};
+use taskrunner::steps::{PollInput, Steps, poll_worker};
 use taskrunner::task::{TaskFile, TaskId, TaskSpec, WorkerResources};
 
 const DEFINITION: &str = concat!(
@@ -34,11 +41,13 @@ const DEFINITION: &str = concat!(
 );
 const TASK_ID: &str = "xcheck-task";
 
-/// One scenario: what the worker does, how the callback receiver answers, the task's timeout.
+/// One scenario: what the worker does, how the callback receiver answers, the task's
+/// timeout, and whether the worker's end is heard (else only the safety net sees it).
 struct Case {
     script: Script,
     receiver_plan: Vec<u16>,
     timeout_seconds: u64,
+    end_heard: bool,
 }
 
 impl Case {
@@ -52,8 +61,53 @@ impl Case {
             },
             receiver_plan: Vec::new(),
             timeout_seconds: 3600,
+            end_heard: true,
         }
     }
+}
+
+/// poll-worker, and the worker's end right after each wait is armed: the run the poll step
+/// computes resumes the wait when the task is over, as the local worker's exit (or a
+/// CodeBuild event) does.
+struct EndHeard {
+    step: Arc<dyn TaskHandler>,
+    steps: Arc<Steps>,
+    heard: bool,
+}
+
+#[async_trait]
+impl TaskHandler for EndHeard {
+    async fn invoke(&self, payload: Value) -> Result<Value, TaskFailure> {
+        let result = self.step.invoke(payload.clone()).await?;
+        let armed = payload
+            .get("input")
+            .filter(|_| self.heard && payload.get("task_token").is_some())
+            .and_then(|input| serde_json::from_value::<PollInput>(input.clone()).ok());
+        if let Some(input) = armed {
+            let task_id = input.task.task_id.to_string();
+            let run = poll_worker(&self.steps, input)
+                .await
+                .map_err(|err| TaskFailure::new(err.error, err.cause))?;
+            if run.done {
+                let output = serde_json::to_value(&run).unwrap();
+                self.steps.tokens.resume(&task_id, &output).await.unwrap();
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// The step handlers, poll-worker wrapped in [`EndHeard`].
+fn handlers(world: &World, heard: bool) -> std::collections::HashMap<String, Arc<dyn TaskHandler>> {
+    let mut handlers = step_handlers(&world.steps);
+    let step = handlers.remove("poll-worker").unwrap();
+    let wrapped: Arc<dyn TaskHandler> = Arc::new(EndHeard {
+        step,
+        steps: Arc::clone(&world.steps),
+        heard,
+    });
+    handlers.insert("poll-worker".into(), wrapped);
+    handlers
 }
 
 /// How one interpreter's run ended, and what it did on the way.
@@ -78,20 +132,30 @@ struct World {
 }
 
 impl World {
-    async fn new(case: &Case) -> Self {
+    async fn new(case: &Case, tokens: Arc<dyn TaskTokens>) -> Self {
         let clock = Arc::new(ManualClock::new(
             Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         ));
         let worker = Arc::new(ScriptedWorker::new(case.script.clone(), clock.clone()));
         let receiver = Receiver::start(case.receiver_plan.clone()).await;
+        // A one-second safety net: on Node it is a real timeout.
+        let config = Config {
+            poll: PollConfig {
+                safety_seconds: 1,
+                safety_max_seconds: 1,
+                ..PollConfig::default()
+            },
+            ..Config::default()
+        };
         let steps = Arc::new(Steps {
-            config: Arc::new(Config::default()),
+            config: Arc::new(config),
             secrets: Arc::new(MemorySecretStore::default()),
             worker: worker.clone(),
             clock: clock.clone(),
             callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
             gate: None,
             children: Default::default(),
+            tokens,
         });
         let input = json!({ "task": spec(&receiver.url, case.timeout_seconds) });
         Self {
@@ -153,8 +217,14 @@ fn spec(callback_url: &str, timeout_seconds: u64) -> TaskSpec {
 
 /// The case on aws-local-stepfunctions, the Tasks calling the steps over loopback HTTP.
 async fn on_node(case: &Case) -> Run {
-    let world = World::new(case).await;
-    let server = StepServer::start(step_handlers(&world.steps), world.clock.clone()).await;
+    let tokens = Arc::new(HarnessTokens::default());
+    let world = World::new(case, tokens.clone()).await;
+    let server = StepServer::start(
+        handlers(&world, case.end_heard),
+        world.clock.clone(),
+        tokens,
+    )
+    .await;
     let report =
         asl_harness::run(DEFINITION, &server.endpoint, &substitutions(), &world.input).await;
     drop(server);
@@ -163,16 +233,18 @@ async fn on_node(case: &Case) -> Run {
 
 /// The case on the embedded engine, the Tasks calling the steps in process.
 async fn on_engine(case: &Case) -> Run {
-    let world = World::new(case).await;
     let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(LocalTaskTokens::new(dir.path()));
+    let world = World::new(case, tokens.clone()).await;
     let engine = Engine::open(
         &dir.path().join("engine.db"),
         STATE_MACHINE,
         &substitutions(),
-        step_handlers(&world.steps),
+        handlers(&world, case.end_heard),
         world.clock.clone(),
     )
     .unwrap();
+    tokens.attach(&engine);
     engine.start(TASK_ID, &world.input).await.unwrap();
     engine.run_until_idle().await.unwrap();
     let view = engine.describe(TASK_ID).await.unwrap().unwrap();
@@ -232,8 +304,8 @@ fn states(names: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_task_that_exits_0_succeeds_on_both() {
-    let run = cross_check(Case::exits(2, 0)).await;
+async fn a_task_whose_end_is_heard_resumes_its_wait_on_both() {
+    let run = cross_check(Case::exits(1, 0)).await;
     assert_eq!(run.status, "SUCCEEDED");
     let output = run.output.as_ref().unwrap();
     assert_eq!(output["status"], "succeeded");
@@ -244,13 +316,6 @@ async fn a_task_that_exits_0_succeeds_on_both() {
         states(&[
             "Submit",
             "WaitForWorker",
-            "PollWorker",
-            "IsTaskDone",
-            "WaitForWorker",
-            "PollWorker",
-            "IsTaskDone",
-            "WaitForWorker",
-            "PollWorker",
             "IsTaskDone",
             "FinishAndCallback",
             "Done",
@@ -258,6 +323,47 @@ async fn a_task_that_exits_0_succeeds_on_both() {
     );
     assert_eq!(run.callbacks.len(), 1);
     assert_eq!(run.callbacks[0]["logs"], "hello from the task\n");
+}
+
+#[tokio::test]
+async fn an_end_never_heard_is_caught_by_the_safety_net_on_both() {
+    let mut case = Case::exits(2, 0);
+    case.end_heard = false;
+    let run = cross_check(case).await;
+    assert_eq!(run.status, "SUCCEEDED");
+    assert_eq!(run.output.as_ref().unwrap()["status"], "succeeded");
+    assert_eq!(
+        run.states,
+        states(&[
+            "Submit",
+            "WaitForWorker",
+            "PollWorker",
+            "IsTaskDone",
+            // The next wait's arming sees the worker ended.
+            "WaitForWorker",
+            "IsTaskDone",
+            "FinishAndCallback",
+            "Done",
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_ended_before_its_wait_was_armed_is_not_missed_on_both() {
+    let mut case = Case::exits(0, 0);
+    case.end_heard = false;
+    let run = cross_check(case).await;
+    assert_eq!(run.output.as_ref().unwrap()["status"], "succeeded");
+    assert_eq!(
+        run.states,
+        states(&[
+            "Submit",
+            "WaitForWorker",
+            "IsTaskDone",
+            "FinishAndCallback",
+            "Done",
+        ])
+    );
 }
 
 #[tokio::test]
@@ -335,7 +441,8 @@ async fn a_task_past_its_timeout_is_stopped_on_both() {
             log: "working...\n".into(),
         },
         receiver_plan: Vec::new(),
-        timeout_seconds: 30,
+        timeout_seconds: 3,
+        end_heard: true,
     };
     let run = cross_check(case).await;
     assert_eq!(run.status, "SUCCEEDED");

@@ -127,6 +127,7 @@ async fn measure(duration: Duration, poll: PollConfig) -> Figures {
         callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
         gate: None,
         children: Default::default(),
+        tokens: Arc::new(taskrunner::adapters::memory::MemoryTaskTokens::default()),
     });
     let engine = Engine::open(
         &dir.path().join("engine.db"),
@@ -168,6 +169,7 @@ async fn main() {
         min_seconds: 30,
         max_seconds: 30,
         fraction: 0.0,
+        ..PollConfig::default()
     };
     println!(
         "{:<10} {:<22} {:>7} {:>12} {:>15} {:>14} {:>10}",

@@ -88,7 +88,11 @@ impl WorkerSizes {
     }
 }
 
-/// Adaptive polling: the next wait is `fraction` of the task's age, within `[min, max]`.
+/// How the state machine watches a worker. The worker's end resumes the waiting execution;
+/// the safety net is how long it waits without news before it polls once and waits again
+/// (the task's age, within `[safety_seconds, safety_max_seconds]`). The adaptive poll
+/// (`fraction` of the age, within `[min, max]`) is the wait of a task queued in line
+/// (`min_seconds`) and of state machines that poll with a Wait state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PollConfig {
@@ -98,6 +102,10 @@ pub struct PollConfig {
     pub max_seconds: u64,
     /// Share of the task's age to wait next.
     pub fraction: f64,
+    /// Shortest safety-net wait for the worker's end, seconds.
+    pub safety_seconds: u64,
+    /// Longest safety-net wait, seconds.
+    pub safety_max_seconds: u64,
 }
 
 impl Default for PollConfig {
@@ -106,6 +114,8 @@ impl Default for PollConfig {
             min_seconds: 5,
             max_seconds: 300,
             fraction: 0.1,
+            safety_seconds: 1800,
+            safety_max_seconds: 3600,
         }
     }
 }
@@ -115,6 +125,14 @@ impl PollConfig {
     pub fn next_wait(&self, age: Duration) -> u64 {
         let wanted = (age.as_secs_f64() * self.fraction).round() as u64;
         wanted.clamp(self.min_seconds, self.max_seconds.max(self.min_seconds))
+    }
+
+    /// How long a task this old waits for its worker's end before it is polled once.
+    pub fn safety_net(&self, age: Duration) -> u64 {
+        age.as_secs().clamp(
+            self.safety_seconds,
+            self.safety_max_seconds.max(self.safety_seconds),
+        )
     }
 }
 
@@ -360,6 +378,12 @@ impl Config {
         if let Some(v) = get("TASKRUNNER_POLL_MAX_SECONDS") {
             self.poll.max_seconds = number("TASKRUNNER_POLL_MAX_SECONDS", v)?;
         }
+        if let Some(v) = get("TASKRUNNER_POLL_SAFETY_SECONDS") {
+            self.poll.safety_seconds = number("TASKRUNNER_POLL_SAFETY_SECONDS", v)?;
+        }
+        if let Some(v) = get("TASKRUNNER_POLL_SAFETY_MAX_SECONDS") {
+            self.poll.safety_max_seconds = number("TASKRUNNER_POLL_SAFETY_MAX_SECONDS", v)?;
+        }
         if let Some(v) = get("TASKRUNNER_CALLBACK_TIMEOUT_SECONDS") {
             self.callback.timeout_seconds = number("TASKRUNNER_CALLBACK_TIMEOUT_SECONDS", v)?;
         }
@@ -405,6 +429,13 @@ impl Config {
                 self.poll.min_seconds, self.poll.max_seconds
             ));
         }
+        if self.poll.safety_seconds == 0 || self.poll.safety_seconds > self.poll.safety_max_seconds
+        {
+            return Err(format!(
+                "poll.safety_seconds ({}) must be at least 1 and at most poll.safety_max_seconds ({})",
+                self.poll.safety_seconds, self.poll.safety_max_seconds
+            ));
+        }
         for (index, rule) in self.webhooks.rules.iter().enumerate() {
             rule.check()
                 .map_err(|why| format!("webhooks.rules[{index}]: {why}"))?;
@@ -431,6 +462,9 @@ mod tests {
         assert_eq!(poll.next_wait(Duration::from_secs(0)), 5);
         assert_eq!(poll.next_wait(Duration::from_secs(600)), 60);
         assert_eq!(poll.next_wait(Duration::from_secs(36 * 3600)), 300);
+        assert_eq!(poll.safety_net(Duration::from_secs(0)), 1800);
+        assert_eq!(poll.safety_net(Duration::from_secs(2700)), 2700);
+        assert_eq!(poll.safety_net(Duration::from_secs(36 * 3600)), 3600);
     }
 
     #[test]

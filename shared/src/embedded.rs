@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use crate::adapters::local::gate::LocalGate;
 use crate::adapters::local::secrets::LocalSecretStore;
+use crate::adapters::local::tokens::LocalTaskTokens;
 use crate::adapters::local::worker::{LocalWorker, LocalWorkerConfig};
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackPolicy, CallbackSender, check_callback_url};
 use crate::chain::ChildIndex;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::ports::{Clock, Orchestrator, SecretStore};
+use crate::ports::{Clock, ExecutionStatus, Orchestrator, SecretStore};
 use crate::secret::Secret;
 use crate::service::TaskService;
-use crate::steps::{self, CleanupReport, StepError, Steps};
+use crate::steps::{self, CleanupReport, PollInput, StepError, Steps};
 
 pub use crate::steps::step_handlers;
 
@@ -68,6 +69,35 @@ pub struct Embedded {
     pub service: TaskService,
 }
 
+/// The worker of `task_id` ended (or may have): when its execution watches it, the run
+/// state the poll step computes resumes the execution's wait, as the worker's end event
+/// does in AWS. A wait not open yet is armed later, and its arming checks the worker.
+async fn resume_ended(steps: &Steps, engine: &Engine, task_id: &str) {
+    let input = match engine.describe(task_id).await {
+        Ok(Some(execution)) if execution.status == ExecutionStatus::Running => execution
+            .state_input
+            .and_then(|input| serde_json::from_value::<PollInput>(input).ok()),
+        _ => None,
+    };
+    let Some(input) = input.filter(|input| !input.run.done) else {
+        return;
+    };
+    let resumed = match steps::poll_worker(steps, input).await {
+        Ok(run) if run.done => match serde_json::to_value(&run) {
+            Ok(output) => steps.tokens.resume(task_id, &output).await,
+            Err(err) => Err(crate::ports::PortError::Permanent(err.to_string())),
+        },
+        Ok(_) => return,
+        Err(err) => Err(crate::ports::PortError::Transient(err.to_string())),
+    };
+    match resumed {
+        Ok(resumed) => tracing::debug!(task_id, resumed, "worker ended"),
+        Err(err) => {
+            tracing::warn!(task_id, error = %err, "worker ended, but its wait could not be resumed; the safety net will see it")
+        }
+    }
+}
+
 /// The callback policy a configuration describes.
 pub fn callback_policy(config: &Config) -> Result<CallbackPolicy, String> {
     let mut cidrs = Vec::new();
@@ -101,13 +131,23 @@ impl Embedded {
         let secrets: Arc<dyn SecretStore> =
             Arc::new(LocalSecretStore::open(&data_dir).map_err(|err| err.to_string())?);
 
-        let engine_slot: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
-        let wake = {
-            let slot = Arc::clone(&engine_slot);
+        // The worker's end resumes its execution's wait; the steps and the engine are built
+        // after the worker, so the hook finds them through this slot.
+        let slot: Arc<OnceLock<(Weak<Steps>, Weak<Engine>)>> = Arc::new(OnceLock::new());
+        let on_end = {
+            let slot = Arc::clone(&slot);
             Arc::new(move |task_id: &str| {
-                if let Some(engine) = slot.get().and_then(Weak::upgrade) {
-                    engine.wake(task_id);
-                }
+                let Some((Some(steps), Some(engine))) = slot
+                    .get()
+                    .map(|(steps, engine)| (steps.upgrade(), engine.upgrade()))
+                else {
+                    return;
+                };
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let task_id = task_id.to_owned();
+                runtime.spawn(async move { resume_ended(&steps, &engine, &task_id).await });
             })
         };
         let mut worker = LocalWorker::new(
@@ -118,8 +158,9 @@ impl Embedded {
             },
             Arc::clone(&secrets),
         );
-        worker.on_task_end(wake.clone());
+        worker.on_task_end(on_end);
         let worker = Arc::new(worker);
+        let tokens = Arc::new(LocalTaskTokens::new(&data_dir));
 
         let steps = Arc::new(Steps {
             config: Arc::clone(&config),
@@ -136,6 +177,7 @@ impl Embedded {
                 .map_err(|err| err.to_string())?,
             )),
             children: ChildIndex::default(),
+            tokens: tokens.clone(),
         });
         let engine = Engine::open(
             &data_dir.join("engine.db"),
@@ -145,7 +187,8 @@ impl Embedded {
             clock,
         )
         .map_err(|err| err.to_string())?;
-        let _ = engine_slot.set(Arc::downgrade(&engine));
+        tokens.attach(&engine);
+        let _ = slot.set((Arc::downgrade(&steps), Arc::downgrade(&engine)));
         let orchestrator: Arc<dyn Orchestrator> = engine.clone();
         steps.children.attach(&orchestrator);
 
@@ -160,7 +203,7 @@ impl Embedded {
             check_callback_url: Arc::new(move |url: &str| {
                 check_callback_url(url, &policy).map(|_| ())
             }),
-            wake,
+            tokens,
         };
         Ok(Self {
             config,
@@ -173,10 +216,28 @@ impl Embedded {
     }
 
     /// Starts the engine's scheduler and re-attaches to workers left running by a previous
-    /// process, so every accepted task goes on.
+    /// process, so every accepted task goes on; the executions of workers that ended while
+    /// no process watched are resumed now, not at their safety net.
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
         self.worker.reattach();
-        self.engine.spawn_scheduler()
+        let scheduler = self.engine.spawn_scheduler();
+        let (steps, engine) = (Arc::clone(&self.steps), Arc::clone(&self.engine));
+        tokio::spawn(async move {
+            let running = match engine
+                .list(Some(ExecutionStatus::Running), usize::MAX)
+                .await
+            {
+                Ok(running) => running,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot list the running tasks to resume");
+                    return;
+                }
+            };
+            for execution in running {
+                resume_ended(&steps, &engine, &execution.name).await;
+            }
+        });
+        scheduler
     }
 
     /// Tasks started from now on reach the API at `url` (a loopback URL of the server) and

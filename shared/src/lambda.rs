@@ -13,6 +13,7 @@ use crate::adapters::aws::codebuild::{CodeBuildConfig, CodeBuildWorker};
 use crate::adapters::aws::line::DynamoDbGate;
 use crate::adapters::aws::secrets::AwsSecretStore;
 use crate::adapters::aws::sfn::StepFunctions;
+use crate::adapters::aws::tokens::DynamoDbTaskTokens;
 use crate::adapters::line::LineLimits;
 use crate::auth::ApiKeys;
 use crate::callback::{CallbackSender, check_callback_url};
@@ -21,7 +22,9 @@ use crate::config::Config;
 use crate::embedded::callback_policy;
 use crate::engine::{TaskFailure, TaskHandler};
 use crate::http::{AppState, router};
-use crate::ports::{ConcurrencyGate, Orchestrator, SecretStore, WorkerBackend};
+use crate::ports::{
+    ConcurrencyGate, Orchestrator, PortError, SecretStore, TaskTokens, WorkerBackend,
+};
 use crate::secret::Secret;
 use crate::service::TaskService;
 use crate::steps::{Step, StepHandler, Steps};
@@ -45,6 +48,9 @@ pub struct AwsSettings {
     /// The S3 folder `bucket/prefix/` holding the `taskrunner` CLI for the workers
     /// (`TASKRUNNER_CLI_S3_LOCATION`).
     pub cli_s3_location: Option<String>,
+    /// The DynamoDB table waiting executions' task tokens are kept in
+    /// (`TASKRUNNER_TASK_TOKEN_TABLE`, default the task line's table).
+    pub task_token_table: Option<String>,
 }
 
 impl AwsSettings {
@@ -79,6 +85,8 @@ impl AwsSettings {
                     )
                 })
                 .transpose()?,
+            task_token_table: var("TASKRUNNER_TASK_TOKEN_TABLE")
+                .or_else(|| var("TASKRUNNER_TASK_LINE_TABLE")),
             task_line_table: var("TASKRUNNER_TASK_LINE_TABLE"),
         })
     }
@@ -159,7 +167,16 @@ impl AwsStack {
                 },
             )) as Arc<dyn ConcurrencyGate>
         });
+        let tokens: Arc<dyn TaskTokens> = match &settings.task_token_table {
+            Some(table) => Arc::new(DynamoDbTaskTokens::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                aws_sdk_sfn::Client::new(&sdk),
+                table,
+            )),
+            None => Arc::new(NoTokenTable),
+        };
         let steps = Arc::new(Steps {
+            tokens,
             config: Arc::clone(&config),
             secrets: Arc::clone(&secrets),
             worker: Arc::clone(&worker),
@@ -193,6 +210,24 @@ impl AwsStack {
             aws_sdk_sfn::Client::new(&self.sdk),
             arn,
         )))
+    }
+}
+
+/// Without a table there is nowhere to keep a task token: waiting fails with what to set.
+struct NoTokenTable;
+
+#[async_trait::async_trait]
+impl TaskTokens for NoTokenTable {
+    async fn keep(&self, _: &str, _: &str) -> Result<(), PortError> {
+        Err(PortError::Permanent(
+            "no table for task tokens: set TASKRUNNER_TASK_TOKEN_TABLE (or TASKRUNNER_TASK_LINE_TABLE), as template.yaml does".into(),
+        ))
+    }
+    async fn resume(&self, _: &str, _: &serde_json::Value) -> Result<bool, PortError> {
+        Ok(false)
+    }
+    async fn fail(&self, _: &str, _: &str, _: &str) -> Result<bool, PortError> {
+        Ok(false)
     }
 }
 
@@ -250,7 +285,7 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
         concurrency_keys: stack.steps.gate.is_some(),
         base_dir: std::path::PathBuf::from("/"),
         check_callback_url: Arc::new(move |url: &str| check_callback_url(url, &policy).map(|_| ())),
-        wake: Arc::new(|_: &str| {}),
+        tokens: Arc::clone(&stack.steps.tokens),
     };
     let static_key = std::env::var("TASKRUNNER_API_KEY").ok().map(Secret::new);
     let key_secret = std::env::var("TASKRUNNER_API_KEY_SECRET_NAME").unwrap_or_default();

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::ports::{
     ExecutionStatus, ExecutionView, LogTail, Orchestrator, PortError, SecretStore, StartOutcome,
-    TaskPhase, TerminateReason, WorkerBackend, WorkerHandle,
+    TaskPhase, TaskTokens, TerminateReason, WorkerBackend, WorkerHandle,
 };
 use crate::status::{TaskStatus, task_status};
 use crate::task::{TaskId, TaskSpec, callback_token_secret_name};
@@ -110,8 +110,8 @@ pub struct TaskService {
     pub base_dir: PathBuf,
     /// Checks a callback URL at submit time.
     pub check_callback_url: CallbackUrlCheck,
-    /// Called after a cancel, to cut the execution's wait short (embedded engine).
-    pub wake: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Where waiting executions' task tokens are kept: a cancel ends the wait at once.
+    pub tokens: Arc<dyn TaskTokens>,
 }
 
 impl TaskService {
@@ -125,6 +125,23 @@ impl TaskService {
             .and_then(|run| run.get("worker"))
             .and_then(|worker| serde_json::from_value(worker.clone()).ok())
             .unwrap_or_else(|| self.worker.handle_for(id))
+    }
+
+    /// Terminates the task's worker as cancelled and ends its execution's wait for the
+    /// worker with `TaskRunner.Cancelled`, so FinishAndCallback sends the `cancelled`
+    /// callback now (when no wait is open, the execution sees the worker's end itself).
+    async fn cancel_one(&self, id: &TaskId, execution: &ExecutionView) -> Result<(), ApiError> {
+        self.worker
+            .terminate(&self.worker_of(id, execution), TerminateReason::Cancelled)
+            .await?;
+        self.tokens
+            .fail(
+                id.as_str(),
+                crate::steps::errors::CANCELLED,
+                "the task was cancelled (DELETE /task-runner/{task_id})",
+            )
+            .await?;
+        Ok(())
     }
 
     fn parse(&self, body: &[u8]) -> Result<Accepted, ApiError> {
@@ -254,8 +271,9 @@ impl TaskService {
         }
     }
 
-    /// The task's status. While the execution waits between polls, the worker is asked
-    /// directly, so the status is live rather than as of the last poll.
+    /// The task's status. While the execution watches a worker that has not ended (its
+    /// run state says not done, and no error was caught), the worker is asked directly, so
+    /// the status is live rather than as of the last check.
     pub async fn status(&self, task_id: &str) -> Result<TaskStatus, ApiError> {
         let id = ApiError::task_id(task_id)?;
         let execution = self
@@ -265,11 +283,13 @@ impl TaskService {
             .ok_or_else(|| ApiError::not_found(task_id))?;
         let mut status = task_status(&execution);
         status.children = crate::chain::children(self.orchestrator.as_ref(), &execution).await?;
-        let between_polls = matches!(
-            execution.current_state.as_deref(),
-            Some("WaitForWorker" | "PollWorker" | "IsTaskDone")
-        );
-        if execution.status == ExecutionStatus::Running && between_polls {
+        let state_input = execution.state_input.as_ref();
+        let watching = state_input
+            .and_then(|input| input.get("run"))
+            .and_then(|run| run.get("done"))
+            .is_some_and(|done| done == false)
+            && state_input.is_some_and(|input| input.get("error").is_none());
+        if execution.status == ExecutionStatus::Running && watching {
             if let Ok(live) = self.worker.status(&self.worker_of(&id, &execution)).await {
                 status.status = match live.task {
                     TaskPhase::Pending if status.status == "queued" => "queued",
@@ -349,21 +369,12 @@ impl TaskService {
                 continue;
             };
             if let Some(execution) = self.orchestrator.describe(&descendant).await? {
-                self.worker
-                    .terminate(
-                        &self.worker_of(&child, &execution),
-                        TerminateReason::Cancelled,
-                    )
-                    .await?;
+                self.cancel_one(&child, &execution).await?;
                 tracing::info!(task_id = %descendant, parent = task_id, "descendant cancelled");
-                (self.wake)(&descendant);
             }
         }
-        self.worker
-            .terminate(&self.worker_of(&id, &execution), TerminateReason::Cancelled)
-            .await?;
+        self.cancel_one(&id, &execution).await?;
         tracing::info!(task_id, "task cancelled");
-        (self.wake)(task_id);
         self.status(task_id).await
     }
 }

@@ -11,6 +11,13 @@
 // and Catch match on it as Step Functions matches a Lambda's error type. Wait states and
 // retry pauses take no time: the caller's clock stands in for them.
 //
+// A `.waitForTaskToken` Task (the library has no tokens) calls its step, then waits on
+// POST ENDPOINT/wait/TASK_ID, the endpoint's stand-in for SendTaskSuccess/SendTaskFailure;
+// the library's own timeout ends a wait nothing answers. The library resolves
+// TimeoutSecondsPath against the input after Parameters, unlike Step Functions, which
+// reads the state's input: such a path is rewritten here to where that input sits in the
+// Parameters (`Payload.input`), so the definition stays as AWS runs it.
+//
 // Prints one JSON line: {"status", "output", "error", "cause", "states"}, where `states`
 // names the states entered, in order. Exits 0 whenever the execution ran to an end, even a
 // failed one; non-zero only when the harness itself could not run.
@@ -49,6 +56,13 @@ const text = readFileSync(definitionPath, "utf8").replace(/\$\{(\w+)\}/g, (whole
   return arns.get(name);
 });
 const definition = JSON.parse(text);
+const waitsForToken = (state) => state.Type === "Task" && state.Resource.endsWith(".waitForTaskToken");
+for (const state of Object.values(definition.States)) {
+  const path = state.TimeoutSecondsPath;
+  if (waitsForToken(state) && path?.startsWith("$") && state.Parameters?.Payload?.["input.$"] === "$") {
+    state.TimeoutSecondsPath = "$.Payload.input" + path.slice(1);
+  }
+}
 const input = JSON.parse(readFileSync(0, "utf8"));
 
 /** An error as a Lambda function reports it: Retry and Catch match on `name`. */
@@ -90,6 +104,21 @@ async function invokeStep(parameters) {
   return { ExecutedVersion: "$LATEST", Payload: answer, StatusCode: 200 };
 }
 
+// The task token's stand-in: the step is called with it, then the wait is answered (or not).
+async function waitForToken(parameters) {
+  await invokeStep(parameters);
+  const taskId = parameters?.Payload?.input?.task?.task_id;
+  let answer;
+  try {
+    const response = await fetch(`${endpoint}/wait/${encodeURIComponent(taskId)}`, { method: "POST" });
+    answer = await response.json();
+  } catch (err) {
+    throw new TaskError("States.Runtime", `POST /wait/${taskId}: ${err.cause?.message ?? err.message}`);
+  }
+  if (answer.error) throw new TaskError(answer.error, answer.cause);
+  return answer.output;
+}
+
 const taskStates = Object.entries(definition.States).filter(([, state]) => state.Type === "Task");
 const waitStates = Object.entries(definition.States).filter(([, state]) => state.Type === "Wait");
 const retryStates = Object.entries(definition.States).filter(([, state]) => Array.isArray(state.Retry));
@@ -97,9 +126,15 @@ const retryStates = Object.entries(definition.States).filter(([, state]) => Arra
 const machine = new StateMachine(definition);
 const execution = machine.run(input, {
   // The context object as the embedded engine gives it (Step Functions fills it in itself).
-  context: { StateMachine: { Id: "arn:aws:states:local:0:stateMachine:taskrunner", Name: "taskrunner" } },
+  // The task token is fixed: the endpoint keys waits by task id, as TaskTokens does.
+  context: {
+    StateMachine: { Id: "arn:aws:states:local:0:stateMachine:taskrunner", Name: "taskrunner" },
+    Task: { Token: "harness-task-token" },
+  },
   overrides: {
-    taskResourceLocalHandlers: Object.fromEntries(taskStates.map(([name]) => [name, invokeStep])),
+    taskResourceLocalHandlers: Object.fromEntries(
+      taskStates.map(([name, state]) => [name, waitsForToken(state) ? waitForToken : invokeStep]),
+    ),
     waitTimeOverrides: Object.fromEntries(waitStates.map(([name]) => [name, 0])),
     retryIntervalOverrides: Object.fromEntries(retryStates.map(([name]) => [name, 0])),
   },
@@ -125,4 +160,5 @@ try {
   const cause = typeof failure.cause === "string" ? failure.cause : (failure.cause?.message ?? null);
   report = { status: "FAILED", output: null, error: failure.error, cause, states };
 }
-process.stdout.write(JSON.stringify(report) + "\n");
+// A wait the library timed out leaves its POST /wait open: exit rather than wait for it.
+process.stdout.write(JSON.stringify(report) + "\n", () => process.exit(0));

@@ -88,6 +88,20 @@ pub async fn finish_and_callback(
     };
 
     let mut end = match (&error, run.as_ref().and_then(|run| run.ended.clone())) {
+        // Cancelled while the execution waited: the worker was terminated as cancelled, and
+        // its end says how far it got.
+        (Some(caught), _) if caught.error == errors::CANCELLED => {
+            match steps.worker.status(&handle).await.map(|status| status.task) {
+                Ok(TaskPhase::Ended(end)) => end,
+                _ => TaskEnd {
+                    outcome: Outcome::Cancelled,
+                    exit_code: None,
+                    reason: Some(caught.message()),
+                    started_at: None,
+                    finished_at: now,
+                },
+            }
+        }
         (Some(caught), _) => TaskEnd {
             outcome: Outcome::Error,
             exit_code: None,

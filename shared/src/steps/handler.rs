@@ -92,6 +92,11 @@ impl TaskHandler for StepHandler {
     async fn invoke(&self, payload: Value) -> Result<Value, TaskFailure> {
         match self.step {
             Step::Submit => encode(super::submit(&self.steps, decode(payload)?).await),
+            // WaitForWorker sends `{"input": STATE INPUT, "task_token": TOKEN}`; PollWorker
+            // (the safety net) sends the state input itself.
+            Step::Poll if payload.get("task_token").is_some() => {
+                encode(super::arm_wait(&self.steps, decode(payload)?).await)
+            }
             Step::Poll => encode(super::poll_worker(&self.steps, decode(payload)?).await),
             Step::Finish => {
                 let input = decode(finish_payload(payload))?;

@@ -1,6 +1,7 @@
 //! The steps of the state machine, as plain async functions over the ports.
 //!
-//! `submit` starts the worker, `poll_worker` reads its state and says how long to wait next,
+//! `submit` starts the worker, `arm_wait` keeps the waiting execution's task token and checks
+//! the worker once, `poll_worker` reads its state (the safety net when no end was heard),
 //! `finish_and_callback` terminates the worker and POSTs the result, `cleanup` sweeps what
 //! was left; `on_worker_event` resumes an execution waiting for a worker that ended. None
 //! of them knows whether it runs in a Lambda or inside `taskrunner serve`.
@@ -21,14 +22,15 @@ use crate::callback::CallbackSender;
 use crate::chain::ChildIndex;
 use crate::config::Config;
 use crate::ports::{
-    Clock, ConcurrencyGate, PortError, SecretStore, TaskEnd, WorkerBackend, WorkerHandle,
+    Clock, ConcurrencyGate, PortError, SecretStore, TaskEnd, TaskTokens, WorkerBackend,
+    WorkerHandle,
 };
 use crate::task::TaskSpec;
 
 pub use cleanup::{CleanupReport, cleanup};
 pub use finish::{CallbackReport, FinishOutput, callback_body, finish_and_callback};
 pub use handler::{Step, StepHandler, step_handlers};
-pub use poll::poll_worker;
+pub use poll::{arm_wait, poll_worker};
 pub use submit::submit;
 pub use worker_event::{
     EventOutcome, TASK_ID_VARIABLE, WorkerEvent, on_worker_event, resume_if_ended,
@@ -48,6 +50,8 @@ pub mod errors {
     pub const CALLBACK_REFUSED: &str = "TaskRunner.CallbackRefused";
     /// The step's input is not what it expects: not retried.
     pub const BAD_INPUT: &str = "TaskRunner.BadInput";
+    /// A user cancelled the task while its execution waited for the worker's end.
+    pub const CANCELLED: &str = "TaskRunner.Cancelled";
 }
 
 /// A step's failure, as Step Functions sees a Lambda error: a name and a cause.
@@ -94,6 +98,8 @@ pub struct Steps {
     pub gate: Option<Arc<dyn ConcurrencyGate>>,
     /// Where a task's children are found, for its callback.
     pub children: ChildIndex,
+    /// Where a waiting execution's task token is kept, and how it is resumed.
+    pub tokens: Arc<dyn TaskTokens>,
 }
 
 /// The execution input: the validated task.
@@ -114,8 +120,12 @@ pub struct RunState {
     pub phase: String,
     /// Whether the task is over.
     pub done: bool,
-    /// Seconds to wait before the next poll.
+    /// Seconds to wait before the next poll (a state machine polling with a Wait state).
     pub wait_seconds: u64,
+    /// Seconds the execution waits for the worker's end before it polls once: the safety
+    /// net, never past the task's timeout.
+    #[serde(default)]
+    pub safety_seconds: u64,
     /// Polls so far.
     pub polls: u32,
     /// How the task ended, once it did.
@@ -129,6 +139,16 @@ pub struct PollInput {
     pub task: TaskSpec,
     /// The run so far.
     pub run: RunState,
+}
+
+/// Input of `arm_wait` (`poll-worker` called by the waiting task): the state's input and the
+/// task token that resumes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArmInput {
+    /// The state input.
+    pub input: PollInput,
+    /// `$$.Task.Token`; never logged.
+    pub task_token: String,
 }
 
 /// An error caught by the state machine (`$.error`), as Step Functions shapes it.

@@ -24,6 +24,7 @@ pub async fn submit(steps: &Steps, input: ExecutionInput) -> Result<RunState, St
                 phase: "queued".into(),
                 done: false,
                 wait_seconds: steps.config.poll.min_seconds,
+                safety_seconds: steps.config.poll.min_seconds,
                 polls: 0,
                 ended: None,
             })
@@ -56,6 +57,7 @@ pub(super) async fn start(steps: &Steps, task: &TaskSpec) -> Result<RunState, St
         phase: "pending".into(),
         done: false,
         wait_seconds: steps.config.poll.min_seconds,
+        safety_seconds: super::poll::safety_seconds(steps, task, std::time::Duration::ZERO),
         polls: 0,
         ended: None,
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use crate::adapters::memory::MemorySecretStore;
+use crate::adapters::memory::{MemorySecretStore, MemoryTaskTokens};
 use crate::callback::{CallbackPolicy, CallbackSender};
 use crate::clock::ManualClock;
 use crate::config::Config;
@@ -112,6 +112,7 @@ pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
         callbacks: Arc::new(CallbackSender::new(policy).unwrap()),
         gate: None,
         children: Default::default(),
+        tokens: Arc::new(MemoryTaskTokens::default()),
     };
     (steps, clock)
 }

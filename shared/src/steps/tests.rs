@@ -11,7 +11,7 @@ use super::testing::{FakeWorker, spec, steps};
 use super::*;
 use crate::ports::{Outcome, TaskEnd, TaskPhase};
 use crate::secret::Secret;
-use crate::task::callback_token_secret_name;
+use crate::task::{TaskSpec, callback_token_secret_name};
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
@@ -349,4 +349,71 @@ impl crate::engine::TaskHandler for Noop {
     ) -> Result<serde_json::Value, crate::engine::TaskFailure> {
         Ok(payload)
     }
+}
+
+#[tokio::test]
+async fn arming_keeps_the_token_and_resumes_only_a_worker_that_already_ended() {
+    use crate::adapters::memory::{MemoryTaskTokens, TokenAnswer};
+    let worker = Arc::new(FakeWorker::default());
+    let (mut steps, clock) = steps(worker.clone());
+    let tokens = Arc::new(MemoryTaskTokens::default());
+    steps.tokens = tokens.clone();
+    let run = submit(&steps, ExecutionInput { task: spec("t") })
+        .await
+        .unwrap();
+    assert_eq!(run.safety_seconds, 1800, "the default safety net");
+    worker.set(TaskPhase::Running {
+        started_at: clock.now(),
+    });
+    let arm = |run: RunState| ArmInput {
+        input: PollInput {
+            task: spec("t"),
+            run,
+        },
+        task_token: "token-1".into(),
+    };
+    let armed = arm_wait(&steps, arm(run.clone())).await.unwrap();
+    assert!(!armed.done);
+    assert!(
+        tokens.answers().is_empty(),
+        "a running worker resumes nothing"
+    );
+
+    // The worker ends before the next wait's token is kept: arming resumes it itself.
+    worker.set(TaskPhase::Ended(TaskEnd {
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        started_at: None,
+        finished_at: clock.now(),
+    }));
+    let ended = arm_wait(&steps, arm(run)).await.unwrap();
+    assert!(ended.done);
+    let answers = tokens.answers();
+    assert_eq!(answers.len(), 1);
+    let TokenAnswer::Resumed(output) = &answers[0].1 else {
+        panic!("not resumed: {answers:?}");
+    };
+    let resumed: RunState = serde_json::from_value(output.clone()).unwrap();
+    assert_eq!(resumed.ended.map(|end| end.exit_code), Some(Some(0)));
+}
+
+#[tokio::test]
+async fn the_safety_net_never_reaches_past_the_task_timeout() {
+    let worker = Arc::new(FakeWorker::default());
+    let (steps, clock) = steps(worker.clone());
+    let task = TaskSpec {
+        timeout_seconds: 600,
+        ..spec("t")
+    };
+    let run = submit(&steps, ExecutionInput { task: task.clone() })
+        .await
+        .unwrap();
+    assert_eq!(run.safety_seconds, 601);
+    worker.set(TaskPhase::Running {
+        started_at: clock.now(),
+    });
+    clock.advance(Duration::from_secs(500));
+    let run = poll_worker(&steps, PollInput { task, run }).await.unwrap();
+    assert_eq!(run.safety_seconds, 101);
 }

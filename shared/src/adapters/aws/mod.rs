@@ -1,7 +1,8 @@
 //! AWS adapters (feature `aws`): Secrets Manager as the [`SecretStore`](crate::ports::SecretStore),
 //! Step Functions as the [`Orchestrator`](crate::ports::Orchestrator), CodeBuild builds as the
 //! [`WorkerBackend`](crate::ports::WorkerBackend) with logs from CloudWatch Logs, and the task
-//! line in DynamoDB as the [`ConcurrencyGate`](crate::ports::ConcurrencyGate).
+//! line in DynamoDB as the [`ConcurrencyGate`](crate::ports::ConcurrencyGate), and task tokens
+//! in the same table as the [`TaskTokens`](crate::ports::TaskTokens).
 //!
 //! Each adapter takes a ready SDK client, so the caller decides how it is configured (region,
 //! credentials, endpoint); the Lambdas build them once from the environment. SDK errors become
@@ -15,6 +16,7 @@ pub mod secrets;
 pub mod sfn;
 #[cfg(test)]
 mod testing;
+pub mod tokens;
 
 pub(crate) use error::port_error;
 

@@ -1,4 +1,5 @@
-//! The embedded (one machine) adapters: SQLite secret store, local process workers.
+//! The embedded (one machine) adapters: SQLite secret store, local process workers, task
+//! tokens answered by the embedded engine.
 
 pub mod gate;
 pub mod git;
@@ -7,6 +8,7 @@ pub mod limits;
 pub mod mask;
 pub mod secrets;
 pub mod supervisor;
+pub mod tokens;
 pub mod worker;
 
 pub use supervisor::supervise_from_stdin;

@@ -36,20 +36,39 @@ struct Run {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
     submits: Calls,
+    arms: Calls,
     polls: Calls,
     finishes: Calls,
     _dir: tempfile::TempDir,
 }
 
-/// The poll function's wait: about a tenth of the task's age, 5 to 300 seconds.
-fn wait_for(elapsed: chrono::Duration) -> i64 {
-    (elapsed.num_seconds() / 10).clamp(5, 300)
+/// The poll function's safety net: the task's age, 1800 to 3600 seconds.
+fn safety_for(elapsed: chrono::Duration) -> i64 {
+    elapsed.num_seconds().clamp(1800, 3600)
+}
+
+/// poll-worker: armed by WaitForWorker (a payload with its task token), or polling once.
+struct ArmOrPoll {
+    arm: Arc<dyn TaskHandler>,
+    poll: Arc<dyn TaskHandler>,
+}
+
+#[async_trait]
+impl TaskHandler for ArmOrPoll {
+    async fn invoke(&self, payload: serde_json::Value) -> Result<serde_json::Value, TaskFailure> {
+        if payload.get("task_token").is_some() {
+            self.arm.invoke(payload).await
+        } else {
+            self.poll.invoke(payload).await
+        }
+    }
 }
 
 fn setup(script: Script) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();
     let (submits, polls, finishes) = (Calls::default(), Calls::default(), Calls::default());
+    let arms = Calls::default();
 
     let fails = script.submit_fails;
     let submit = recording(&submits, &clock, move |_| {
@@ -62,13 +81,15 @@ fn setup(script: Script) -> Run {
         Ok(
             json!({"worker": {"backend": "local", "id": "w-1"}, "phase": "pending",
                   "submitted_at": "2026-01-01T00:00:00Z", "ended": null,
-                  "done": false, "wait_seconds": 5, "polls": 0}),
+                  "done": false, "wait_seconds": 5, "safety_seconds": 1800, "polls": 0}),
         )
     });
 
     let at = clock.clone();
     let (done_after, runs_for) = (script.done_after_polls, script.runs_for);
-    let poll = recording(&polls, &clock, move |payload| {
+    // Nothing answers the armed waits here: every wait ends at its safety net.
+    let arm = recording(&arms, &clock, |_| Ok(json!({})));
+    let poll_once = recording(&polls, &clock, move |payload| {
         let now = at.now();
         let count = payload["run"]["polls"].as_u64().unwrap_or(0) + 1;
         let elapsed = now - t0();
@@ -79,8 +100,12 @@ fn setup(script: Script) -> Run {
         Ok(
             json!({"worker": payload["run"]["worker"], "phase": if done { "ended" } else { "running" },
                   "submitted_at": payload["run"]["submitted_at"], "ended": null,
-                  "done": done, "wait_seconds": wait_for(elapsed), "polls": count}),
+                  "done": done, "wait_seconds": 5, "safety_seconds": safety_for(elapsed), "polls": count}),
         )
+    });
+    let poll: Arc<dyn TaskHandler> = Arc::new(ArmOrPoll {
+        arm,
+        poll: poll_once,
     });
 
     let seen = finishes.clone();
@@ -121,6 +146,7 @@ fn setup(script: Script) -> Run {
         engine,
         clock,
         submits,
+        arms,
         polls,
         finishes,
         _dir: dir,
@@ -158,10 +184,29 @@ async fn a_worker_done_after_three_polls() {
     assert_eq!(finish_input["task_id"], json!("task-1"));
     assert_eq!(finish_input["run"]["done"], json!(true));
     assert_eq!(finish_input["run"]["polls"], json!(3));
-    // Submit, 3 x (Wait, Poll, Choice), FinishAndCallback, Done.
+    assert_eq!(run.arms.count(), 3, "each wait is armed with its own token");
+    let tokens: std::collections::HashSet<String> = run
+        .arms
+        .all()
+        .iter()
+        .map(|(_, payload)| {
+            payload["task_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 3, "a re-entered wait gets a new token");
+    assert_eq!(
+        run.arms.all()[0].1["input"]["run"]["safety_seconds"],
+        json!(1800)
+    );
+    // Three safety nets (no end was heard), growing with the task's age: 1800, 1800, 3600 s.
+    assert_eq!(run.clock.now() - t0(), chrono::Duration::seconds(7200));
+    // Submit, 3 x (WaitForWorker, PollWorker, IsTaskDone), FinishAndCallback, Done.
     assert_eq!(view.transitions, 12);
-    // Started + 5 (Submit) + 3 x (2 + 5 + 2) + 5 (Finish) + 2 (Done) + Succeeded.
-    assert_eq!(view.history_events, 41);
+    // Started + 5 (Submit) + 3 x (6 + 5 + 2) + 5 (Finish) + 2 (Done) + Succeeded.
+    assert_eq!(view.history_events, 53);
     assert_eq!(view.current_state.as_deref(), Some("Done"));
 }
 
@@ -246,7 +291,7 @@ async fn a_36_hour_task_runs_in_moments_under_a_manual_clock() {
         .windows(2)
         .map(|pair| (pair[1].0 - pair[0].0).num_seconds())
         .collect();
-    assert!(waits.iter().all(|w| (5..=300).contains(w)), "{waits:?}");
+    assert!(waits.iter().all(|w| (1800..=3600).contains(w)), "{waits:?}");
     println!(
         "36-hour task: {} polls, {} transitions, {} history events, {:?} real time",
         polls.len(),
