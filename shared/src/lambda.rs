@@ -27,14 +27,14 @@ use crate::ports::{
 };
 use crate::secret::Secret;
 use crate::service::TaskService;
-use crate::steps::{Step, StepHandler, Steps};
+use crate::steps::{EventOutcome, Step, StepHandler, Steps};
 
 /// Settings only the AWS deployment has, from `TASKRUNNER_*` variables.
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
     /// Secrets Manager name prefix (`TASKRUNNER_SECRET_PREFIX`, default `taskrunner/`).
     pub secret_prefix: String,
-    /// The state machine (`TASKRUNNER_STATE_MACHINE_ARN`; api and cleanup only).
+    /// The state machine (`TASKRUNNER_STATE_MACHINE_ARN`; api, worker-events and cleanup).
     pub state_machine_arn: Option<String>,
     /// The CodeBuild project (`TASKRUNNER_CODEBUILD_PROJECT`).
     pub codebuild_project: String,
@@ -201,10 +201,10 @@ impl AwsStack {
         })
     }
 
-    /// The Step Functions orchestrator (api and cleanup).
+    /// The Step Functions orchestrator (api, worker-events and cleanup).
     pub fn orchestrator(&self) -> Result<Arc<dyn Orchestrator>, String> {
         let arn = self.settings.state_machine_arn.clone().ok_or_else(|| {
-            "TASKRUNNER_STATE_MACHINE_ARN is not set; template.yaml sets it for the api and cleanup functions".to_owned()
+            "TASKRUNNER_STATE_MACHINE_ARN is not set; template.yaml sets it for the api, worker-events and cleanup functions".to_owned()
         })?;
         Ok(Arc::new(StepFunctions::new(
             aws_sdk_sfn::Client::new(&self.sdk),
@@ -258,6 +258,38 @@ pub async fn run_cleanup() -> Result<(), lambda_runtime::Error> {
                 .await
                 .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
             serde_json::to_value(report).map_err(|err| {
+                StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string()))
+            })
+        }
+    }))
+    .await
+}
+
+/// Runs the worker-events function: each CodeBuild event the EventBridge rule delivers may
+/// resume the execution waiting for that build. Events that concern no open wait are
+/// answered (and logged at debug), so EventBridge does not retry them; the event itself is
+/// never logged.
+pub async fn run_worker_events() -> Result<(), lambda_runtime::Error> {
+    let stack = Arc::new(AwsStack::new(sdk_config().await)?);
+    let orchestrator = stack.orchestrator()?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let (stack, orchestrator) = (Arc::clone(&stack), Arc::clone(&orchestrator));
+        async move {
+            let outcome = crate::steps::on_worker_event(
+                &stack.steps,
+                orchestrator.as_ref(),
+                &stack.settings.codebuild_project,
+                &event.payload,
+            )
+            .await
+            .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
+            match &outcome {
+                EventOutcome::Resumed { task_id } => {
+                    tracing::info!(task_id, "the worker ended; its execution was resumed");
+                }
+                EventOutcome::Ignored { reason } => tracing::debug!(reason, "event ignored"),
+            }
+            serde_json::to_value(outcome).map_err(|err| {
                 StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string()))
             })
         }

@@ -157,9 +157,14 @@ pub struct CaughtError {
     /// The error name.
     #[serde(rename = "Error")]
     pub error: String,
-    /// The cause: plain text, or a Lambda error object as JSON text.
-    #[serde(rename = "Cause", default)]
+    /// The cause: plain text, or a Lambda error object as JSON text. Empty when there was
+    /// none (moto's `SendTaskFailure` drops the cause and reports `null`).
+    #[serde(rename = "Cause", default, deserialize_with = "text_or_null")]
     pub cause: String,
+}
+
+fn text_or_null<'de, D: serde::Deserializer<'de>>(value: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(value).map(Option::unwrap_or_default)
 }
 
 impl CaughtError {

@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::ports::{ExecutionStatus, ExecutionView, Orchestrator, TaskTokens};
+use crate::ports::{ExecutionStatus, ExecutionView, Orchestrator};
 use crate::task::TaskId;
 
 use super::{PollInput, StepError, Steps, errors, poll_worker};
@@ -110,7 +110,6 @@ impl WorkerEvent {
 pub async fn on_worker_event(
     steps: &Steps,
     orchestrator: &dyn Orchestrator,
-    tokens: &dyn TaskTokens,
     project: &str,
     event: &Value,
 ) -> Result<EventOutcome, StepError> {
@@ -122,13 +121,12 @@ pub async fn on_worker_event(
         .describe(event.task_id.as_str())
         .await
         .map_err(|err| StepError::from_port(err, errors::POLL_FAILED))?;
-    resume_if_ended(steps, tokens, &event, execution).await
+    resume_if_ended(steps, &event, execution).await
 }
 
 /// The part of [`on_worker_event`] after the execution was read.
 pub async fn resume_if_ended(
     steps: &Steps,
-    tokens: &dyn TaskTokens,
     event: &WorkerEvent,
     execution: Option<ExecutionView>,
 ) -> Result<EventOutcome, StepError> {
@@ -172,7 +170,8 @@ pub async fn resume_if_ended(
     }
     let output = serde_json::to_value(&run)
         .map_err(|err| StepError::new(errors::BAD_INPUT, err.to_string()))?;
-    let resumed = tokens
+    let resumed = steps
+        .tokens
         .resume(task_id, &output)
         .await
         .map_err(|err| StepError::from_port(err, errors::POLL_FAILED))?;

@@ -1,45 +1,38 @@
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::ports::{Clock, ExecutionStatus, ExecutionView, Outcome, PortError, TaskEnd, TaskPhase};
+use crate::adapters::memory::{MemoryTaskTokens, TokenAnswer};
+use crate::ports::{
+    Clock, ExecutionStatus, ExecutionView, Outcome, TaskEnd, TaskPhase, TaskTokens,
+};
 use crate::steps::testing::{FakeWorker, spec, steps};
-use crate::steps::{ExecutionInput, RunState, submit};
+use crate::steps::{ExecutionInput, RunState, Steps, submit};
 
 const PROJECT: &str = "taskrunner-workers";
 
-/// Tokens kept by task id; `resume` answers false once the wait is closed, as
-/// `SendTaskSuccess` answers `TaskTimedOut`/`InvalidToken` for a used token.
-#[derive(Default)]
-struct Tokens {
-    open: Mutex<Vec<String>>,
-    resumed: Mutex<Vec<(String, Value)>>,
+/// Steps over the fake worker whose tokens the test reads: each kept token answers once,
+/// as `SendTaskSuccess` answers `TaskTimedOut`/`InvalidToken` for a used one.
+fn steps_with_tokens(
+    worker: Arc<FakeWorker>,
+) -> (Steps, Arc<crate::clock::ManualClock>, Arc<MemoryTaskTokens>) {
+    let (mut steps, clock) = steps(worker);
+    let tokens = Arc::new(MemoryTaskTokens::default());
+    steps.tokens = tokens.clone();
+    (steps, clock, tokens)
 }
 
-#[async_trait]
-impl TaskTokens for Tokens {
-    async fn keep(&self, task_id: &str, _token: &str) -> Result<(), PortError> {
-        self.open.lock().unwrap().push(task_id.to_owned());
-        Ok(())
-    }
-    async fn resume(&self, task_id: &str, output: &Value) -> Result<bool, PortError> {
-        let mut open = self.open.lock().unwrap();
-        let Some(at) = open.iter().position(|t| t == task_id) else {
-            return Ok(false);
-        };
-        open.remove(at);
-        self.resumed
-            .lock()
-            .unwrap()
-            .push((task_id.to_owned(), output.clone()));
-        Ok(true)
-    }
-    async fn fail(&self, _: &str, _: &str, _: &str) -> Result<bool, PortError> {
-        Ok(false)
-    }
+fn resumed(tokens: &MemoryTaskTokens) -> Vec<(String, Value)> {
+    tokens
+        .answers()
+        .into_iter()
+        .filter_map(|(task, answer)| match answer {
+            TokenAnswer::Resumed(output) => Some((task, output)),
+            TokenAnswer::Failed(_) => None,
+        })
+        .collect()
 }
 
 /// A state-change event as CodeBuild sends it (the documented shape), for task `task_id`'s
@@ -134,12 +127,11 @@ fn waiting(input: Value) -> ExecutionView {
 #[tokio::test]
 async fn the_end_of_the_build_resumes_the_wait_with_the_polled_run_state() {
     let worker = Arc::new(FakeWorker::default());
-    let (steps, clock) = steps(worker.clone());
+    let (steps, clock, tokens) = steps_with_tokens(worker.clone());
     let run = submit(&steps, ExecutionInput { task: spec("t") })
         .await
         .unwrap();
     let input = json!({"task": spec("t"), "run": run});
-    let tokens = Tokens::default();
     tokens.keep("t", "token").await.unwrap();
     let event = WorkerEvent::parse(&state_change("t", "t", "SUCCEEDED"), PROJECT).unwrap();
 
@@ -147,14 +139,14 @@ async fn the_end_of_the_build_resumes_the_wait_with_the_polled_run_state() {
     worker.set(TaskPhase::Running {
         started_at: clock.now(),
     });
-    let outcome = resume_if_ended(&steps, &tokens, &event, Some(waiting(input.clone())))
+    let outcome = resume_if_ended(&steps, &event, Some(waiting(input.clone())))
         .await
         .unwrap();
     assert!(
         matches!(outcome, EventOutcome::Ignored { .. }),
         "{outcome:?}"
     );
-    assert!(tokens.resumed.lock().unwrap().is_empty());
+    assert!(resumed(&tokens).is_empty());
 
     let end = TaskEnd {
         outcome: Outcome::Failed,
@@ -164,7 +156,7 @@ async fn the_end_of_the_build_resumes_the_wait_with_the_polled_run_state() {
         finished_at: clock.now(),
     };
     worker.set(TaskPhase::Ended(end.clone()));
-    let outcome = resume_if_ended(&steps, &tokens, &event, Some(waiting(input.clone())))
+    let outcome = resume_if_ended(&steps, &event, Some(waiting(input.clone())))
         .await
         .unwrap();
     assert_eq!(
@@ -173,28 +165,28 @@ async fn the_end_of_the_build_resumes_the_wait_with_the_polled_run_state() {
             task_id: "t".into()
         }
     );
-    let resumed = tokens.resumed.lock().unwrap().clone();
-    assert_eq!(resumed.len(), 1);
-    let output: RunState = serde_json::from_value(resumed[0].1.clone()).unwrap();
+    let answers = resumed(&tokens);
+    assert_eq!(answers.len(), 1);
+    let output: RunState = serde_json::from_value(answers[0].1.clone()).unwrap();
     assert!(output.done);
     assert_eq!(output.ended, Some(end));
     assert_eq!(output.worker, run.worker);
 
     // The same event again (EventBridge delivers at least once): answered, nothing resumed.
-    let outcome = resume_if_ended(&steps, &tokens, &event, Some(waiting(input)))
+    let outcome = resume_if_ended(&steps, &event, Some(waiting(input)))
         .await
         .unwrap();
     assert!(
         matches!(outcome, EventOutcome::Ignored { .. }),
         "{outcome:?}"
     );
-    assert_eq!(tokens.resumed.lock().unwrap().len(), 1);
+    assert_eq!(resumed(&tokens).len(), 1);
 }
 
 #[tokio::test]
 async fn events_for_no_open_wait_are_ignored() {
     let worker = Arc::new(FakeWorker::default());
-    let (steps, clock) = steps(worker.clone());
+    let (steps, clock, tokens) = steps_with_tokens(worker.clone());
     worker.set(TaskPhase::Ended(TaskEnd {
         outcome: Outcome::Succeeded,
         exit_code: Some(0),
@@ -205,7 +197,6 @@ async fn events_for_no_open_wait_are_ignored() {
     let run = submit(&steps, ExecutionInput { task: spec("t") })
         .await
         .unwrap();
-    let tokens = Tokens::default();
     tokens.keep("t", "token").await.unwrap();
     let event = WorkerEvent::parse(&state_change("t", "t", "SUCCEEDED"), PROJECT).unwrap();
 
@@ -213,32 +204,19 @@ async fn events_for_no_open_wait_are_ignored() {
         EventOutcome::Ignored { reason } => reason,
         other => panic!("expected the event to be ignored, got {other:?}"),
     };
-    let reason = ignored(
-        resume_if_ended(&steps, &tokens, &event, None)
-            .await
-            .unwrap(),
-    );
+    let reason = ignored(resume_if_ended(&steps, &event, None).await.unwrap());
     assert!(reason.contains("no execution"), "{reason}");
 
     let mut over = waiting(json!({"task": spec("t"), "run": run}));
     over.status = ExecutionStatus::Succeeded;
-    let reason = ignored(
-        resume_if_ended(&steps, &tokens, &event, Some(over))
-            .await
-            .unwrap(),
-    );
+    let reason = ignored(resume_if_ended(&steps, &event, Some(over)).await.unwrap());
     assert!(reason.contains("already over"), "{reason}");
 
     // Still in Submit: no run yet.
     let reason = ignored(
-        resume_if_ended(
-            &steps,
-            &tokens,
-            &event,
-            Some(waiting(json!({"task": spec("t")}))),
-        )
-        .await
-        .unwrap(),
+        resume_if_ended(&steps, &event, Some(waiting(json!({"task": spec("t")}))))
+            .await
+            .unwrap(),
     );
     assert!(reason.contains("not waiting"), "{reason}");
 
@@ -247,7 +225,6 @@ async fn events_for_no_open_wait_are_ignored() {
     let reason = ignored(
         resume_if_ended(
             &steps,
-            &tokens,
             &earlier,
             Some(waiting(json!({"task": spec("t"), "run": run}))),
         )
@@ -255,6 +232,15 @@ async fn events_for_no_open_wait_are_ignored() {
         .unwrap(),
     );
     assert!(reason.contains("not task t's worker"), "{reason}");
-    assert!(tokens.resumed.lock().unwrap().is_empty());
+    assert!(resumed(&tokens).is_empty());
     assert_eq!(worker.calls(), ["start"], "no build was read for these");
+}
+
+#[test]
+fn a_caught_error_without_a_cause_is_read() {
+    // What moto hands FinishAndCallback after a SendTaskFailure (it drops the cause).
+    let caught: crate::steps::CaughtError =
+        serde_json::from_value(json!({"Error": "TaskRunner.Cancelled", "Cause": null})).unwrap();
+    assert_eq!(caught.error, "TaskRunner.Cancelled");
+    assert_eq!(caught.message(), "");
 }
