@@ -225,13 +225,7 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         )
         .await;
     assert_eq!(status, 202, "{answer}");
-    scene
-        .aws
-        .sfn(
-            "StopExecution",
-            &json!({"executionArn": scene.aws.execution_arn("box-lost-1")}),
-        )
-        .await;
+    scene.aws.stop_execution("box-lost-1").await;
     scene.status_is("box-after-lost-1", "queued").await;
 
     let cancelled = request("box-cancel-1", "sleep.sh", &callback_url);
@@ -360,17 +354,18 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         .await;
     assert!(tail.to_string().contains("the child step ran"), "{tail}");
 
-    // The real definition ran: submit, at least one poll, then the callback step.
+    // The real definition ran: submit, one wait that the worker's end (its CodeBuild event)
+    // resumed, no safety-net poll, then the callback step.
     let states = scene.aws.states_entered("model-deployment-task-1").await;
     assert_eq!(
-        states.first().map(String::as_str),
-        Some("Submit"),
-        "{states:?}"
-    );
-    assert!(states.iter().any(|s| s == "PollWorker"), "{states:?}");
-    assert_eq!(
-        &states[states.len() - 2..],
-        ["FinishAndCallback", "Done"],
+        states,
+        [
+            "Submit",
+            "WaitForWorker",
+            "IsTaskDone",
+            "FinishAndCallback",
+            "Done"
+        ],
         "{states:?}"
     );
 
@@ -425,10 +420,13 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     );
 
     println!(
-        "aws_box: twelve tasks (one started by another) through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
+        "aws_box: twelve tasks (one started by another) through moto's Step Functions, the real functions, the CodeBuild stand-in and its events in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The event scenario's safety net, in seconds.
+const SAFETY_NET: &str = "30";
 
 /// The middle value and the largest, in seconds.
 fn p50_max(mut values: Vec<f64>) -> (f64, f64) {
@@ -450,12 +448,15 @@ async fn detection(scene: &Scene, task_id: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workers_end_resumes_its_execution_and_a_lost_event_only_delays_it() {
     let started = Instant::now();
-    // A short safety net, so the task whose events are dropped is caught within seconds; a
-    // kept worker stays long after its task, so only the end of BUILD can end that task soon.
+    // A short safety net, so the task whose events are dropped is caught within half a
+    // minute (longer than a build takes here, so no other task reaches it); a kept worker
+    // stays long after its task, so only the end of BUILD can end that task soon.
     let scene = Scene::start_with(&[
-        ("TASKRUNNER_POLL_SAFETY_SECONDS", "12"),
-        ("TASKRUNNER_POLL_SAFETY_MAX_SECONDS", "12"),
+        ("TASKRUNNER_POLL_SAFETY_SECONDS", SAFETY_NET),
+        ("TASKRUNNER_POLL_SAFETY_MAX_SECONDS", SAFETY_NET),
         ("TASKRUNNER_KEEP_WORKSPACE_SECONDS", "120"),
+        // Room for every task at once: none waits in line (a queued task is polled).
+        ("TASKRUNNER_MAX_CONCURRENT_WORKERS", "10"),
     ])
     .await;
     let callback_url = scene.receiver.url.clone();
@@ -486,7 +487,11 @@ async fn a_workers_end_resumes_its_execution_and_a_lost_event_only_delays_it() {
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
 
     let mut detections = Vec::new();
-    for task_id in quick.iter().map(String::as_str).chain(["ev-kept", "ev-race"]) {
+    for task_id in quick
+        .iter()
+        .map(String::as_str)
+        .chain(["ev-kept", "ev-race"])
+    {
         let done = scene.callback(task_id).await;
         assert_eq!(done["status"], "succeeded", "{done}");
         assert!(
@@ -498,7 +503,10 @@ async fn a_workers_end_resumes_its_execution_and_a_lost_event_only_delays_it() {
         );
         // The worker's end resumed the wait: the safety-net poll never ran.
         let states = scene.aws.states_entered(task_id).await;
-        assert!(!states.iter().any(|s| s == "PollWorker"), "{task_id}: {states:?}");
+        assert!(
+            !states.iter().any(|s| s == "PollWorker"),
+            "{task_id}: {states:?}"
+        );
         // The race's wait was held back on purpose: not a detection figure.
         if task_id != "ev-race" {
             detections.push(detection(&scene, task_id).await);
@@ -546,21 +554,28 @@ async fn a_workers_end_resumes_its_execution_and_a_lost_event_only_delays_it() {
     for task_id in bodies.iter().filter_map(|b| b["task_id"].as_str()) {
         tokens.extend(scene.aws.task_tokens(task_id).await);
     }
-    assert!(tokens.len() >= bodies.len(), "every task waited: {tokens:?}");
+    assert!(
+        tokens.len() >= bodies.len(),
+        "every task waited: {tokens:?}"
+    );
     for token in &tokens {
-        assert!(!logs.contains(token.as_str()), "a task token reached a function log");
+        assert!(
+            !logs.contains(token.as_str()),
+            "a task token reached a function log"
+        );
     }
 
     let (p50, max) = p50_max(detections.clone());
     println!(
         "aws_box events: {} events emitted, {} delivered; detection after the worker's end \
-         (end of BUILD -> FinishAndCallback entered) over {} tasks: p50 {p50:.2} s, max {max:.2} s; \
+         (end of BUILD -> FinishAndCallback entered) over {} tasks: p50 {p50:.2} s, max {max:.2} s \
+         ({detections:.2?}); \
          a lost event (rule disabled for the task) ended by the safety net ({} s) after {lost_delay:.1} s; \
          {:.1} s in all",
         scene.aws.events.emitted(),
         deliveries.len(),
         detections.len(),
-        12,
+        SAFETY_NET,
         started.elapsed().as_secs_f64()
     );
 }

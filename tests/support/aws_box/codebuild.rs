@@ -86,7 +86,13 @@ impl Build {
     /// (sample-build-notifications-ref): `detail` holds the build's status or the completed
     /// phase (`fields`) and `additional-information`, whose environment variables carry
     /// PLAINTEXT values and, for SECRETS_MANAGER ones, the secret's name only.
-    fn event(&self, state: &BuildState, detail_type: &str, fields: Value, log_group: &str) -> Value {
+    fn event(
+        &self,
+        state: &BuildState,
+        detail_type: &str,
+        fields: Value,
+        log_group: &str,
+    ) -> Value {
         let arn = format!("arn:aws:codebuild:{ACCOUNT}:build/{}", self.id);
         let phases: Vec<Value> = state
             .phases
@@ -156,7 +162,12 @@ impl Build {
         if let Some(bus) = &self.events {
             let current = state.phases.last().map_or("SUBMITTED", |p| p.kind);
             let fields = json!({"build-status": state.status, "current-phase": current, "current-phase-context": "[]"});
-            let event = self.event(state, "CodeBuild Build State Change", fields, super::LOG_GROUP);
+            let event = self.event(
+                state,
+                "CodeBuild Build State Change",
+                fields,
+                super::LOG_GROUP,
+            );
             bus.emit(self.task_id(), event);
         }
     }
@@ -175,7 +186,12 @@ impl Build {
             "completed-phase-end": event_time(end),
             "completed-phase-context": "[]",
         });
-        let event = self.event(state, "CodeBuild Build Phase Change", fields, super::LOG_GROUP);
+        let event = self.event(
+            state,
+            "CodeBuild Build Phase Change",
+            fields,
+            super::LOG_GROUP,
+        );
         bus.emit(self.task_id(), event);
     }
 

@@ -227,6 +227,38 @@ impl AwsBox {
         answer
     }
 
+    /// Stops the task's execution (`StopExecution`), as an operator would. moto leaves an
+    /// execution stopped in a `.waitForTaskToken` state RUNNING until the wait ends, where
+    /// Step Functions aborts it at once; so the box then ends the wait with the token the
+    /// wait kept (`SendTaskFailure`), and moto, finding the execution stopped, ends it
+    /// there (as FAILED, without running another state).
+    pub async fn stop_execution(&self, task_id: &str) {
+        self.sfn(
+            "StopExecution",
+            &json!({"executionArn": self.execution_arn(task_id)}),
+        )
+        .await;
+        let (status, item) = aws_json(
+            &self.http,
+            &self.moto_url,
+            "DynamoDB_20120810.GetItem",
+            &json!({"TableName": LINE_TABLE, "Key": {"pk": {"S": format!("token#{task_id}")}},
+                    "ConsistentRead": true}),
+        )
+        .await;
+        assert_eq!(status, 200, "GetItem: {item}");
+        if let Some(token) = item["Item"]["token"]["S"].as_str() {
+            aws_json(
+                &self.http,
+                &self.moto_url,
+                "AWSStepFunctions.SendTaskFailure",
+                &json!({"taskToken": token, "error": "States.Aborted"}),
+            )
+            .await;
+        }
+        ended_after_stop(self, task_id).await;
+    }
+
     /// The ARN of the task's execution (named by its task id).
     pub fn execution_arn(&self, task_id: &str) -> String {
         self.state_machine_arn
@@ -277,7 +309,11 @@ impl AwsBox {
             .flatten()
             .filter_map(|e| e["taskScheduledEventDetails"]["parameters"].as_str())
             .filter_map(|parameters| serde_json::from_str::<Value>(parameters).ok())
-            .filter_map(|parameters| parameters["Payload"]["task_token"].as_str().map(str::to_owned))
+            .filter_map(|parameters| {
+                parameters["Payload"]["task_token"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 
@@ -337,11 +373,36 @@ impl AwsBox {
 
 impl Drop for AwsBox {
     fn drop(&mut self) {
+        // AWS_BOX_KEEP=1 keeps the functions' logs and the builds for a look afterwards.
+        if std::env::var_os("AWS_BOX_KEEP").is_some() {
+            eprintln!("aws_box: kept {}", self._dir.path().display());
+            std::mem::forget(std::mem::replace(
+                &mut self._dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
         self.codebuild.stop_all();
         for function in self.functions.values() {
             function.stop();
         }
     }
+}
+
+async fn ended_after_stop(aws: &AwsBox, task_id: &str) {
+    super::eventually(
+        std::time::Duration::from_secs(30),
+        &format!("{task_id}'s execution to end"),
+        async || {
+            let execution = aws
+                .sfn(
+                    "DescribeExecution",
+                    &json!({"executionArn": aws.execution_arn(task_id)}),
+                )
+                .await;
+            (execution["status"] != "RUNNING").then_some(())
+        },
+    )
+    .await;
 }
 
 /// The event EventBridge sends the cleanup function on its schedule.
