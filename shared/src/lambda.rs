@@ -27,7 +27,7 @@ use crate::ports::{
 };
 use crate::secret::Secret;
 use crate::service::TaskService;
-use crate::steps::{EventOutcome, Step, StepHandler, Steps};
+use crate::steps::{EventOutcome, Step, StepError, StepHandler, Steps};
 
 /// Settings only the AWS deployment has, from `TASKRUNNER_*` variables.
 #[derive(Clone, Debug)]
@@ -253,14 +253,7 @@ pub async fn run_cleanup() -> Result<(), lambda_runtime::Error> {
     let orchestrator = stack.orchestrator()?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| {
         let (stack, orchestrator) = (Arc::clone(&stack), Arc::clone(&orchestrator));
-        async move {
-            let report = crate::steps::cleanup(&stack.steps, orchestrator.as_ref())
-                .await
-                .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
-            serde_json::to_value(report).map_err(|err| {
-                StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string()))
-            })
-        }
+        async move { answer(crate::steps::cleanup(&stack.steps, orchestrator.as_ref()).await) }
     }))
     .await
 }
@@ -281,17 +274,15 @@ pub async fn run_worker_events() -> Result<(), lambda_runtime::Error> {
                 &stack.settings.codebuild_project,
                 &event.payload,
             )
-            .await
-            .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
+            .await;
             match &outcome {
-                EventOutcome::Resumed { task_id } => {
+                Ok(EventOutcome::Resumed { task_id }) => {
                     tracing::info!(task_id, "the worker ended; its execution was resumed");
                 }
-                EventOutcome::Ignored { reason } => tracing::debug!(reason, "event ignored"),
+                Ok(EventOutcome::Ignored { reason }) => tracing::debug!(reason, "event ignored"),
+                Err(_) => {}
             }
-            serde_json::to_value(outcome).map_err(|err| {
-                StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string()))
-            })
+            answer(outcome)
         }
     }))
     .await
@@ -328,6 +319,13 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
         public_url: stack.config.public_url.clone(),
     });
     Ok(router(state))
+}
+
+/// A step's result as the function's answer, or its error as Lambda reports it.
+fn answer<T: serde::Serialize>(result: Result<T, StepError>) -> Result<Value, StepFailure> {
+    let value = result.map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
+    serde_json::to_value(value)
+        .map_err(|err| StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string())))
 }
 
 /// A step's failure as Lambda reports it: `errorType` is the name the state machine's

@@ -276,13 +276,17 @@ impl AwsBox {
         .await
     }
 
+    /// The events of the task's execution, oldest first.
+    async fn events(&self, task_id: &str) -> Vec<Value> {
+        let history = self.history(task_id).await;
+        history["events"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The states the task's execution entered, in order.
     pub async fn states_entered(&self, task_id: &str) -> Vec<String> {
-        let history = self.history(task_id).await;
-        history["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        self.events(task_id)
+            .await
+            .iter()
             .filter_map(|e| e["stateEnteredEventDetails"]["name"].as_str())
             .map(str::to_owned)
             .collect()
@@ -290,11 +294,9 @@ impl AwsBox {
 
     /// When the task's execution first entered `state` (seconds since the epoch).
     pub async fn entered_at(&self, task_id: &str, state: &str) -> Option<f64> {
-        let history = self.history(task_id).await;
-        history["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        self.events(task_id)
+            .await
+            .iter()
             .find(|e| e["stateEnteredEventDetails"]["name"] == state)
             .and_then(|e| e["timestamp"].as_f64())
     }
@@ -302,11 +304,9 @@ impl AwsBox {
     /// The task tokens Step Functions handed the task's waits (in their scheduled
     /// parameters, `Payload.task_token`).
     pub async fn task_tokens(&self, task_id: &str) -> Vec<String> {
-        let history = self.history(task_id).await;
-        history["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        self.events(task_id)
+            .await
+            .iter()
             .filter_map(|e| e["taskScheduledEventDetails"]["parameters"].as_str())
             .filter_map(|parameters| serde_json::from_str::<Value>(parameters).ok())
             .filter_map(|parameters| {
