@@ -330,6 +330,11 @@ async fn a_killed_server_resumes_every_task_after_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 1, "delivered once");
     assert_eq!(restarted.status("survivor").await["status"], "succeeded");
+    // Its kept token survived the kill: the worker's end resumed the wait, not a poll.
+    let (_, history) = restarted
+        .call(reqwest::Method::GET, "/task-runner/survivor/history", None)
+        .await;
+    assert!(!history.to_string().contains("\"PollWorker\""), "{history}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

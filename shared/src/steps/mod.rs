@@ -157,14 +157,14 @@ pub struct CaughtError {
     /// The error name.
     #[serde(rename = "Error")]
     pub error: String,
-    /// The cause: plain text, or a Lambda error object as JSON text. Empty when there was
-    /// none (moto's `SendTaskFailure` drops the cause and reports `null`).
+    /// The cause: plain text, or a Lambda error object as JSON text (empty when the error
+    /// came without one, which some Step Functions implementations write as null).
     #[serde(rename = "Cause", default, deserialize_with = "text_or_null")]
     pub cause: String,
 }
 
-fn text_or_null<'de, D: serde::Deserializer<'de>>(value: D) -> Result<String, D::Error> {
-    Option::<String>::deserialize(value).map(Option::unwrap_or_default)
+fn text_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl CaughtError {

@@ -417,3 +417,12 @@ async fn the_safety_net_never_reaches_past_the_task_timeout() {
     let run = poll_worker(&steps, PollInput { task, run }).await.unwrap();
     assert_eq!(run.safety_seconds, 101);
 }
+
+#[test]
+fn a_caught_error_without_a_cause_reads_as_an_empty_cause() {
+    let caught: CaughtError =
+        serde_json::from_value(serde_json::json!({"Error": "TaskRunner.Cancelled", "Cause": null}))
+            .unwrap();
+    assert_eq!(caught.error, "TaskRunner.Cancelled");
+    assert_eq!(caught.cause, "");
+}

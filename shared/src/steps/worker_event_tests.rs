@@ -235,12 +235,3 @@ async fn events_for_no_open_wait_are_ignored() {
     assert!(resumed(&tokens).is_empty());
     assert_eq!(worker.calls(), ["start"], "no build was read for these");
 }
-
-#[test]
-fn a_caught_error_without_a_cause_is_read() {
-    // What moto hands FinishAndCallback after a SendTaskFailure (it drops the cause).
-    let caught: crate::steps::CaughtError =
-        serde_json::from_value(json!({"Error": "TaskRunner.Cancelled", "Cause": null})).unwrap();
-    assert_eq!(caught.error, "TaskRunner.Cancelled");
-    assert_eq!(caught.message(), "");
-}
