@@ -152,7 +152,7 @@ impl World {
             secrets: Arc::new(MemorySecretStore::default()),
             worker: worker.clone(),
             clock: clock.clone(),
-            callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
+            callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default())),
             gate: None,
             children: Default::default(),
             tokens,

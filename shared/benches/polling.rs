@@ -229,7 +229,7 @@ async fn measure(duration: Duration, design: Design) -> Figures {
         secrets: Arc::new(MemorySecretStore::default()),
         worker,
         clock: clock.clone(),
-        callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default()).unwrap()),
+        callbacks: Arc::new(CallbackSender::new(CallbackPolicy::default())),
         gate: None,
         children: Default::default(),
         tokens: tokens.clone(),

@@ -167,7 +167,7 @@ impl Embedded {
             secrets: Arc::clone(&secrets),
             worker: worker.clone(),
             clock: Arc::clone(&clock),
-            callbacks: Arc::new(CallbackSender::new(policy.clone())?),
+            callbacks: Arc::new(CallbackSender::new(policy.clone())),
             gate: Some(Arc::new(
                 LocalGate::open(
                     &data_dir.join("line.db"),

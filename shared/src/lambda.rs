@@ -10,6 +10,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 use crate::adapters::aws::codebuild::{CodeBuildConfig, CodeBuildWorker};
+use crate::adapters::aws::http_client::deferred_default_client;
 use crate::adapters::aws::line::DynamoDbGate;
 use crate::adapters::aws::secrets::AwsSecretStore;
 use crate::adapters::aws::sfn::StepFunctions;
@@ -181,7 +182,7 @@ impl AwsStack {
             secrets: Arc::clone(&secrets),
             worker: Arc::clone(&worker),
             clock: Arc::new(crate::clock::SystemClock),
-            callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)?),
+            callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)),
             gate,
             // The finish step lists a task's children in the state machine it is told it runs in.
             children: {
@@ -231,9 +232,15 @@ impl TaskTokens for NoTokenTable {
     }
 }
 
-/// Loads the SDK configuration (region and credentials resolve lazily, at the first call).
+/// Loads the SDK configuration (region and credentials resolve lazily, at the first call; so
+/// does the HTTPS client's root certificate store, see [`deferred_default_client`]).
 pub async fn sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    let behavior = BehaviorVersion::latest();
+    let mut loader = aws_config::defaults(behavior);
+    if let Some(client) = deferred_default_client(behavior) {
+        loader = loader.http_client(client);
+    }
+    loader.load().await
 }
 
 /// Runs a step function (`submit`, `poll-worker`, `finish-and-callback`) until Lambda stops it.

@@ -124,11 +124,18 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
     let state_input = execution.state_input.clone().unwrap_or(Value::Null);
 
     // The last state of a finished execution is entered (and persisted) a moment before the
-    // execution is marked finished: read such a state's input as the outcome already.
-    let effective = match (execution.status, execution.current_state.as_deref()) {
-        (ExecutionStatus::Running, Some("Done")) => ExecutionStatus::Succeeded,
-        (ExecutionStatus::Running, Some("CallbackUndeliverable")) => ExecutionStatus::Failed,
-        (status, _) => status,
+    // execution is marked finished: read such a state's input as the outcome already. Its
+    // input tells which: the finish step's output (delivered), or the callback's error.
+    let effective = match execution.status {
+        ExecutionStatus::Running
+            if serde_json::from_value::<FinishOutput>(state_input.clone()).is_ok() =>
+        {
+            ExecutionStatus::Succeeded
+        }
+        ExecutionStatus::Running if state_input.get("callback_error").is_some() => {
+            ExecutionStatus::Failed
+        }
+        status => status,
     };
     let output = match execution.status {
         ExecutionStatus::Running => Some(state_input.clone()),
@@ -140,11 +147,14 @@ pub fn task_status(execution: &ExecutionView) -> TaskStatus {
                 .get("run")
                 .and_then(|run| run.get("phase"))
                 .and_then(Value::as_str);
-            status.status = match (execution.current_state.as_deref(), phase) {
-                (Some("FinishAndCallback"), _) | (_, Some("ended")) => "finishing",
-                (_, Some("queued")) => "queued",
-                (_, Some("preparing")) => "preparing",
-                (_, Some("running")) => "running",
+            // An error caught on the way (a start failure, a cancel) goes to the finish too.
+            let caught = state_input.get("error").is_some();
+            status.status = match phase {
+                _ if caught => "finishing",
+                Some("ended") => "finishing",
+                Some("queued") => "queued",
+                Some("preparing") => "preparing",
+                Some("running") => "running",
                 _ => "starting",
             }
             .into();

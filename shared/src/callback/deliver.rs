@@ -1,7 +1,7 @@
 //! One callback attempt: POST the body, read the status, say whether retrying makes sense.
 
 use std::error::Error as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
@@ -84,25 +84,45 @@ impl DeliveryError {
 
 /// Sends callbacks through one HTTP client that follows no redirect, uses no proxy and
 /// connects only to addresses the [`CallbackPolicy`] allows.
+///
+/// The client is built at the first callback, not with the sender: building it loads the
+/// system's root certificates, which a Lambda function that never calls back (poll-worker,
+/// submit) should not pay for at every cold start.
 pub struct CallbackSender {
-    client: reqwest::Client,
+    client: OnceLock<reqwest::Client>,
     policy: Arc<CallbackPolicy>,
 }
 
 impl CallbackSender {
-    /// Builds the client. Fails only when the TLS backend cannot be set up (no usable
-    /// root certificates, for instance).
-    pub fn new(policy: CallbackPolicy) -> Result<Self, String> {
-        let policy = Arc::new(policy);
+    /// A sender enforcing `policy`; its HTTP client is built when first needed.
+    pub fn new(policy: CallbackPolicy) -> Self {
+        Self {
+            client: OnceLock::new(),
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// The HTTP client, built at the first call. Fails only when the TLS backend cannot be
+    /// set up (no usable root certificates, for instance); the next call tries again.
+    fn client(&self) -> Result<&reqwest::Client, DeliveryError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         let client = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
-            .timeout(policy.timeout)
+            .timeout(self.policy.timeout)
             .no_proxy()
-            .dns_resolver(GuardedResolver::new(Arc::clone(&policy)))
+            .dns_resolver(GuardedResolver::new(Arc::clone(&self.policy)))
             .user_agent(USER_AGENT_VALUE)
             .build()
-            .map_err(|e| format!("cannot build the callback HTTP client: {}", chain(&e)))?;
-        Ok(Self { client, policy })
+            .map_err(|e| {
+                DeliveryError::Unreachable(format!(
+                    "cannot build the callback HTTP client (are the system's root \
+                     certificates installed?): {}",
+                    chain(&e)
+                ))
+            })?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// The policy this sender enforces.
@@ -122,7 +142,7 @@ impl CallbackSender {
         let id = delivery.message_id;
 
         let response = self
-            .client
+            .client()?
             .post(url)
             .headers(headers)
             .body(body)
@@ -308,7 +328,7 @@ mod tests {
     }
 
     fn sender(policy: CallbackPolicy) -> CallbackSender {
-        CallbackSender::new(policy).unwrap()
+        CallbackSender::new(policy)
     }
 
     async fn send(

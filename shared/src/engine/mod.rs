@@ -54,13 +54,10 @@ pub struct Engine {
     definition: Definition,
     handlers: task::Handlers,
     clock: Arc<dyn Clock>,
-    /// Wakes the scheduler: a new execution, a cut-short Wait, a runner done.
+    /// Wakes the scheduler: a new execution, an answered token, a runner done.
     notify: Notify,
     /// Executions a runner is working on, so each has at most one.
     active: Mutex<HashSet<String>>,
-    /// Executions woken ([`Engine::wake`]) while not sleeping in a Wait: their next Wait
-    /// ends at once, so a worker that ended between a poll and the Wait is not waited for.
-    woken: Mutex<HashSet<String>>,
 }
 
 /// Marks an execution as taken by a runner until dropped.
@@ -96,7 +93,6 @@ impl Engine {
             clock,
             notify: Notify::new(),
             active: Mutex::new(HashSet::new()),
-            woken: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -104,17 +100,6 @@ impl Engine {
         self.active
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn woken_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.woken
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Whether `name` was woken since its runner last looked; forgets the wake.
-    fn take_wake(&self, name: &str) -> bool {
-        self.woken_set().remove(name)
     }
 
     fn claim(&self, name: &str) -> Option<Claim<'_>> {
@@ -126,7 +111,8 @@ impl Engine {
 
     /// Runs forever: resumes every RUNNING execution found in the database, runs runnable ones
     /// (each execution by at most one runner at a time, different executions concurrently as tokio tasks),
-    /// and sleeps (via the Clock) until the earliest wake_at or until notified (new execution, wake).
+    /// and sleeps (via the Clock) until the earliest wake_at or until notified (a new
+    /// execution, an answered token).
     pub fn spawn_scheduler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine = Arc::clone(self);
         tokio::spawn(async move { engine.schedule_forever().await })
@@ -178,44 +164,6 @@ impl Engine {
                 }
                 None => self.notify.notified().await,
             }
-        }
-    }
-
-    /// Cuts the current Wait of execution `name` short (sets wake_at to now) and notifies the scheduler.
-    /// No effect if it is not in a Wait state. Used when a local worker exits. Returns at
-    /// once: the database work runs as a tokio task (outside a runtime, nothing happens).
-    pub fn wake(self: &Arc<Self>, name: &str) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let engine = Arc::clone(self);
-        let name = name.to_owned();
-        runtime.spawn(async move { engine.cut_wait_short(&name).await });
-    }
-
-    /// What [`Engine::wake`] does, awaited: done when it returns.
-    pub async fn cut_wait_short(&self, name: &str) {
-        // Noted before looking: a runner entering a Wait after our look still sees the note.
-        self.woken_set().insert(name.to_owned());
-        let Ok(Some(cursor)) = self.store.cursor(name).await else {
-            self.take_wake(name);
-            return;
-        };
-        if cursor.status != ExecutionStatus::Running {
-            self.take_wake(name);
-            return;
-        }
-        let in_wait = matches!(
-            self.definition.state(&cursor.state).map(|s| &s.kind),
-            Some(StateKind::Wait { .. })
-        );
-        let now = self.clock.now();
-        if in_wait && cursor.wake_at.is_some_and(|wake| wake > now) {
-            self.take_wake(name);
-            if let Err(err) = self.store.set_wake(name, cursor.version, now).await {
-                tracing::warn!(execution = %name, error = %err, "engine: could not cut a Wait short");
-            }
-            self.notify.notify_one();
         }
     }
 

@@ -32,20 +32,9 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
             return Ok(());
         };
         if cursor.status != ExecutionStatus::Running {
-            engine.take_wake(name);
             return Ok(());
         }
-        let now = engine.clock.now();
-        if cursor.wake_at.is_some_and(|wake| wake > now) {
-            let in_wait = matches!(
-                engine.definition.state(&cursor.state).map(|s| &s.kind),
-                Some(StateKind::Wait { .. })
-            );
-            // Woken while it was getting here: the Wait ends now.
-            if in_wait && engine.take_wake(name) {
-                engine.store.set_wake(name, cursor.version, now).await?;
-                continue;
-            }
+        if cursor.wake_at.is_some_and(|wake| wake > engine.clock.now()) {
             return Ok(());
         }
         let step = match engine.definition.state(&cursor.state) {

@@ -109,7 +109,7 @@ pub fn steps(worker: Arc<FakeWorker>) -> (Steps, Arc<ManualClock>) {
         secrets: Arc::new(MemorySecretStore::default()),
         worker,
         clock: clock.clone(),
-        callbacks: Arc::new(CallbackSender::new(policy).unwrap()),
+        callbacks: Arc::new(CallbackSender::new(policy)),
         gate: None,
         children: Default::default(),
         tokens: Arc::new(MemoryTaskTokens::default()),

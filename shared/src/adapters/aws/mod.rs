@@ -11,6 +11,7 @@
 
 pub mod codebuild;
 mod error;
+pub mod http_client;
 pub mod line;
 pub mod secrets;
 pub mod sfn;

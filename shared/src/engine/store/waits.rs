@@ -137,7 +137,7 @@ fn read_wait(conn: &Connection, name: &str) -> rusqlite::Result<Option<WaitRow>>
 impl Store {
     /// Starts a token attempt at `version`: the attempt's events and its open wait, in one
     /// transaction (replacing the execution's previous wait). The new version, or `None`
-    /// when the execution moved on.
+    /// when the execution moved on. Relaxed: an attempt lost to a power cut runs again.
     pub async fn begin_wait(
         &self,
         name: &str,
@@ -148,7 +148,7 @@ impl Store {
     ) -> Result<Option<i64>, EngineError> {
         let (name, events) = (name.to_owned(), events.to_vec());
         self.db
-            .write(move |tx| {
+            .write_relaxed(move |tx| {
                 if apply_update(tx, &name, version, &Update::Attempt, now)? == 0 {
                     return Ok(None);
                 }
@@ -224,6 +224,8 @@ impl Store {
     }
 
     /// Records `answer` for the open wait holding `token` and makes its execution due now.
+    /// Relaxed: an answer lost to a power cut is given again from the worker's end, which
+    /// `serve` looks at when it starts, or found by the safety net.
     pub async fn answer(
         &self,
         token: &str,
@@ -232,7 +234,7 @@ impl Store {
     ) -> Result<Lookup, EngineError> {
         let token = token.to_owned();
         self.db
-            .write(move |tx| {
+            .write_relaxed(move |tx| {
                 let found: Option<(String, bool, bool)> = tx
                     .prepare_cached(
                         "SELECT execution, closed, outcome IS NOT NULL FROM waits WHERE token = ?1",

@@ -141,7 +141,6 @@ async fn the_scheduler_runs_new_and_resumed_executions() {
     let scheduler = engine.spawn_scheduler();
     engine.start("a", &json!({"a": 1})).await.expect("start a");
     engine.start("b", &json!({"b": 2})).await.expect("start b");
-    engine.wake("b");
     let mut done = 0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;

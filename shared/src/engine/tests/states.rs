@@ -460,55 +460,6 @@ async fn stop_aborts_and_nothing_runs_after() {
 }
 
 #[tokio::test]
-async fn wake_cuts_a_wait_short() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = manual_clock();
-    let work = handler(|_| Ok(json!(1)));
-    let engine = open(&dir.path().join("e.db"), WAIT, vec![("work", work)], &clock);
-    engine
-        .start("w", &json!({"wait": 3600, "until": "2025-12-31T00:00:00Z"}))
-        .await
-        .expect("start");
-    runner::run(&engine, "w").await.expect("run");
-    engine.cut_wait_short("w").await;
-    engine.run_until_idle().await.expect("idle");
-    let view = engine
-        .describe("w")
-        .await
-        .expect("describe")
-        .expect("exists");
-    assert_eq!(view.status, ExecutionStatus::Succeeded);
-    assert_eq!(clock.now(), t0(), "the hour-long Wait was cut short");
-}
-
-#[tokio::test]
-async fn a_wake_before_the_wait_is_entered_cuts_that_wait_short() {
-    // The worker can end after a poll said "running" and before the Wait is written: the
-    // wake then finds no Wait to cut, and must not be lost.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = manual_clock();
-    let definition = r#"{
-      "StartAt": "Poll",
-      "States": {
-        "Poll": {"Type": "Pass", "Next": "Sleep"},
-        "Sleep": {"Type": "Wait", "Seconds": 3600, "Next": "Done"},
-        "Done": {"Type": "Succeed"}
-      }
-    }"#;
-    let engine = open(&dir.path().join("e.db"), definition, vec![], &clock);
-    engine.start("early", &json!({})).await.expect("start");
-    engine.cut_wait_short("early").await;
-    engine.run_until_idle().await.expect("idle");
-    let view = engine
-        .describe("early")
-        .await
-        .expect("describe")
-        .expect("exists");
-    assert_eq!(view.status, ExecutionStatus::Succeeded);
-    assert_eq!(clock.now(), t0(), "the hour-long Wait was cut short");
-}
-
-#[tokio::test]
 async fn waits_end_at_their_seconds_and_timestamps() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = manual_clock();

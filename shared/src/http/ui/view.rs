@@ -13,8 +13,37 @@ use crate::task::TaskSpec;
 
 use super::graph::{END, START};
 
-/// The state that delivers callbacks; each of its attempts is one delivery attempt.
-const CALLBACK_STATE: &str = "FinishAndCallback";
+/// The state that delivers callbacks (each of its attempts is one delivery attempt): the
+/// Task of the state machine whose Retry takes `TaskRunner.CallbackFailed`.
+fn callback_state() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let definition: serde_json::Value =
+            serde_json::from_str(crate::embedded::STATE_MACHINE).unwrap_or_default();
+        let retries_callbacks = |state: &serde_json::Value| {
+            state["Retry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|retrier| {
+                    retrier["ErrorEquals"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|name| name == crate::steps::errors::CALLBACK_FAILED)
+                })
+        };
+        definition["States"]
+            .as_object()
+            .and_then(|states| {
+                states
+                    .iter()
+                    .find(|(_, state)| retries_callbacks(state))
+                    .map(|(name, _)| name.clone())
+            })
+            .unwrap_or_default()
+    })
+}
 
 /// `GET /ui/api/tasks/{task_id}?after=N`: the status, and the history events past the N-th
 /// the page has seen. The page keeps the path taken and the callback attempts itself, from
@@ -99,7 +128,7 @@ pub fn task_view(
             })
             .collect(),
         events_total: after.saturating_add(u64::try_from(events.len()).unwrap_or(u64::MAX)),
-        callback_state: CALLBACK_STATE,
+        callback_state: callback_state(),
         start: START,
         end: END,
         status,
@@ -116,7 +145,7 @@ fn failure(event: &ExecutionEvent) -> Option<String> {
 
 /// What a callback attempt came to, when `event` ends one: the step's report, or its error.
 fn callback_result(event: &ExecutionEvent, webhook_id: &str) -> Option<CallbackResult> {
-    if event.state.as_deref() != Some(CALLBACK_STATE) {
+    if event.state.as_deref() != Some(callback_state()) {
         return None;
     }
     match event.event_type.as_str() {
@@ -248,19 +277,24 @@ mod tests {
 
     #[test]
     fn attempts_read_from_the_callback_state() {
-        let mut failed = event("TaskFailed", Some(CALLBACK_STATE));
+        assert_eq!(
+            callback_state(),
+            "FinishAndCallback",
+            "found in the definition"
+        );
+        let mut failed = event("TaskFailed", Some(callback_state()));
         failed.error = Some("TaskRunner.CallbackFailed".into());
         failed.cause =
             Some("callback receiver answered HTTP 500 instead of a 2xx; it said: \"\"".into());
-        let mut succeeded = event("TaskSucceeded", Some(CALLBACK_STATE));
+        let mut succeeded = event("TaskSucceeded", Some(callback_state()));
         succeeded.output = Some(
             json!({"Payload": {"callback": {"delivered": true, "status_code": 204, "webhook_id": "msg_t"}}}),
         );
         let history = [
             event("TaskSucceeded", Some("PollWorker")),
-            event("TaskStarted", Some(CALLBACK_STATE)),
+            event("TaskStarted", Some(callback_state())),
             failed,
-            event("TaskStarted", Some(CALLBACK_STATE)),
+            event("TaskStarted", Some(callback_state())),
             succeeded,
         ];
         let results: Vec<_> = history
