@@ -106,7 +106,8 @@ impl WorkerEvent {
 
 /// Handles one EventBridge event: finds the task's execution, computes its run state as
 /// `poll_worker` does and, when the task is over, resumes the execution's wait with it.
-/// Only failures worth retrying (a transient port error) are errors.
+/// Only a failure to read the execution or the build, or to resume the wait, is an error
+/// (Lambda retries it twice; the wait's safety net covers what is left).
 pub async fn on_worker_event(
     steps: &Steps,
     orchestrator: &dyn Orchestrator,
