@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold start, peak RSS and deployment size of the five Lambda function binaries, beside an
+# Cold start, peak RSS and deployment size of the six Lambda function binaries, beside an
 # equivalent Python handler (awslambdaric + boto3 clients built at init), on this machine.
 #
 # Cold start: time from spawning the process to its first `GET /2018-06-01/runtime/invocation/next`
@@ -18,12 +18,12 @@
 # Each process gets exactly this environment, nothing else (no PATH, no HOME): the four
 # AWS_LAMBDA_* variables the runtime clients require, AWS_REGION and AWS_DEFAULT_REGION
 # (Lambda sets both; boto3 reads the second), dummy credentials, and the TASKRUNNER_* variables
-# template.yaml sets (dummy values; TASKRUNNER_STATE_MACHINE_ARN for api and cleanup only).
+# template.yaml sets (dummy values; TASKRUNNER_STATE_MACHINE_ARN for api, worker-events and cleanup only).
 # The Python handler gets the api function's set.
 #
 # Usage: bench/lambda_cold_start.sh [--sam-build DIR] [RUNS]   (RUNS default 20; or BENCH_RUNS)
 # --sam-build DIR: measure what `sam build` produced instead (DIR/<LogicalId>/bootstrap for the
-# five functions of template.yaml, DIR usually .aws-sam/build); nothing is compiled and the
+# six functions of template.yaml, DIR usually .aws-sam/build); nothing is compiled and the
 # Python handler is left out.
 # Knobs: CARGO_TARGET_DIR, BENCH_CACHE (venv cache, default ~/.cache/taskrunner-bench),
 # BENCH_KEEP=1 keeps the temp dir (process logs, packages, results.json).
@@ -45,9 +45,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
 CACHE="${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrunner-bench}"
 VENV="$CACHE/lambda-py"
 PY_PACKAGES="${BENCH_PY_PACKAGES:-awslambdaric==4.2.2 boto3==1.44.8}"
-FUNCTIONS=(api submit poll-worker finish-and-callback cleanup)
+FUNCTIONS=(api submit poll-worker finish-and-callback worker-events cleanup)
 # Their logical ids in template.yaml (sam build's output folders), in the same order.
-LOGICAL_IDS=(ApiFunction SubmitFunction PollWorkerFunction FinishAndCallbackFunction CleanupFunction)
+LOGICAL_IDS=(ApiFunction SubmitFunction PollWorkerFunction FinishAndCallbackFunction WorkerEventsFunction CleanupFunction)
 # boto3 and its dependency closure: what the managed Python runtime already provides.
 BOTO_DISTS=(boto3 botocore s3transfer jmespath python_dateutil dateutil six urllib3)
 
@@ -67,7 +67,7 @@ if ! command -v zip >/dev/null 2>&1; then
     { apt-get update -qq && apt-get install -y -qq zip >/dev/null; } || { echo "cannot install zip" >&2; exit 1; }
 fi
 
-# The five function binaries: release, or as sam build left them.
+# The six function binaries: release, or as sam build left them.
 binary() {  # INDEX
     if [ -n "$SAM_BUILD_DIR" ]; then echo "$SAM_BUILD_DIR/${LOGICAL_IDS[$1]}/bootstrap"; else echo "$TARGET_DIR/release/${FUNCTIONS[$1]}"; fi
 }
@@ -161,7 +161,7 @@ envfile() {  # NAME [with-state-machine]
 targets=()
 for i in "${!FUNCTIONS[@]}"; do
     fn="${FUNCTIONS[$i]}"
-    case "$fn" in api|cleanup) sm=with-state-machine ;; *) sm= ;; esac
+    case "$fn" in api|worker-events|cleanup) sm=with-state-machine ;; *) sm= ;; esac
     targets+=(--target "$fn" "$WORK" "$(envfile "$fn" $sm)" -- "$(binary "$i")")
 done
 if [ -z "$SAM_BUILD_DIR" ]; then

@@ -31,6 +31,11 @@ struct Scene {
 
 impl Scene {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A scene whose functions get `settings` on top of the box's own.
+    async fn start_with(settings: &[(&str, &str)]) -> Self {
         let git_root = tempfile::tempdir().unwrap();
         create_repository(
             git_root.path(),
@@ -54,18 +59,12 @@ impl Scene {
         let binaries = Path::new(env!("CARGO_BIN_EXE_taskrunner"))
             .parent()
             .unwrap();
-        let aws = AwsBox::start(
-            binaries,
-            &gitconfig,
-            &[
-                ("TASKRUNNER_POLL_MIN_SECONDS", "2"),
-                // Without worker events, every wait ends at its safety net: keep it short.
-                ("TASKRUNNER_POLL_SAFETY_SECONDS", "2"),
-                ("TASKRUNNER_POLL_SAFETY_MAX_SECONDS", "2"),
-                ("TASKRUNNER_KEEP_WORKSPACE_SECONDS", "3"),
-            ],
-        )
-        .await;
+        let mut env = vec![
+            ("TASKRUNNER_POLL_MIN_SECONDS", "2"),
+            ("TASKRUNNER_KEEP_WORKSPACE_SECONDS", "3"),
+        ];
+        env.extend_from_slice(settings);
+        let aws = AwsBox::start(binaries, &gitconfig, &env).await;
         aws.create_secret("MY_GIT_SECRET", CANARY).await;
         aws.put_task(
             "ci/track.sh",
@@ -226,13 +225,7 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         )
         .await;
     assert_eq!(status, 202, "{answer}");
-    scene
-        .aws
-        .sfn(
-            "StopExecution",
-            &json!({"executionArn": scene.aws.execution_arn("box-lost-1")}),
-        )
-        .await;
+    scene.aws.stop_execution("box-lost-1").await;
     scene.status_is("box-after-lost-1", "queued").await;
 
     let cancelled = request("box-cancel-1", "sleep.sh", &callback_url);
@@ -361,17 +354,18 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
         .await;
     assert!(tail.to_string().contains("the child step ran"), "{tail}");
 
-    // The real definition ran: submit, at least one poll, then the callback step.
+    // The real definition ran: submit, one wait that the worker's end (its CodeBuild event)
+    // resumed, no safety-net poll, then the callback step.
     let states = scene.aws.states_entered("model-deployment-task-1").await;
     assert_eq!(
-        states.first().map(String::as_str),
-        Some("Submit"),
-        "{states:?}"
-    );
-    assert!(states.iter().any(|s| s == "PollWorker"), "{states:?}");
-    assert_eq!(
-        &states[states.len() - 2..],
-        ["FinishAndCallback", "Done"],
+        states,
+        [
+            "Submit",
+            "WaitForWorker",
+            "IsTaskDone",
+            "FinishAndCallback",
+            "Done"
+        ],
         "{states:?}"
     );
 
@@ -426,7 +420,162 @@ async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
     );
 
     println!(
-        "aws_box: twelve tasks (one started by another) through moto's Step Functions, the real functions and the CodeBuild stand-in in {:.1} s",
+        "aws_box: twelve tasks (one started by another) through moto's Step Functions, the real functions, the CodeBuild stand-in and its events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The event scenario's safety net, in seconds.
+const SAFETY_NET: &str = "30";
+
+/// The middle value and the largest, in seconds.
+fn p50_max(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[values.len() / 2], values[values.len() - 1])
+}
+
+/// Seconds from the task's end in its worker (the end of BUILD) to FinishAndCallback.
+async fn detection(scene: &Scene, task_id: &str) -> f64 {
+    let ended = scene.aws.codebuild.task_end(task_id).unwrap();
+    let finishing = scene
+        .aws
+        .entered_at(task_id, "FinishAndCallback")
+        .await
+        .unwrap();
+    finishing - ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_end_resumes_its_execution_and_a_lost_event_only_delays_it() {
+    let started = Instant::now();
+    // A short safety net, so the task whose events are dropped is caught within half a
+    // minute (longer than a build takes here, so no other task reaches it); a kept worker
+    // stays long after its task, so only the end of BUILD can end that task soon.
+    let scene = Scene::start_with(&[
+        ("TASKRUNNER_POLL_SAFETY_SECONDS", SAFETY_NET),
+        ("TASKRUNNER_POLL_SAFETY_MAX_SECONDS", SAFETY_NET),
+        ("TASKRUNNER_KEEP_WORKSPACE_SECONDS", "120"),
+        // Room for every task at once: none waits in line (a queued task is polled).
+        ("TASKRUNNER_MAX_CONCURRENT_WORKERS", "10"),
+    ])
+    .await;
+    let callback_url = scene.receiver.url.clone();
+    let task = |task_id: &str, file: &str| {
+        json!({"task_id": task_id, "task_file_name": file,
+               "worker_config": {"worker_size": "Small"}, "callback_url": callback_url})
+    };
+    let quick: Vec<String> = (1..=4).map(|i| format!("ev-{i}")).collect();
+    scene.aws.keep_token_late("ev-race");
+    scene.aws.events.drop_events_of("ev-lost");
+    let mut kept = task("ev-kept", "ci/report.sh");
+    kept["terminate_on_completion"] = json!(false);
+    let mut bodies: Vec<Value> = quick.iter().map(|id| task(id, "ci/report.sh")).collect();
+    bodies.push(kept);
+    bodies.push(task("ev-race", "ci/report.sh"));
+    bodies.push(task("ev-lost", "ci/report.sh"));
+    bodies.push(task("ev-cancel", "ci/hold.sh"));
+    for body in &bodies {
+        let (status, answer) = scene.call("POST", "/task-runner", Some(body)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+
+    // Cancelled while its execution waits for the worker's end: the wait ends at once.
+    scene.status_is("ev-cancel", "running").await;
+    let (status, answer) = scene.call("DELETE", "/task-runner/ev-cancel", None).await;
+    assert_eq!(status, 200, "{answer}");
+    let cancelled = scene.callback("ev-cancel").await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+
+    let mut detections = Vec::new();
+    for task_id in quick
+        .iter()
+        .map(String::as_str)
+        .chain(["ev-kept", "ev-race"])
+    {
+        let done = scene.callback(task_id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert!(
+            done["logs"]
+                .as_str()
+                .unwrap()
+                .contains("report from the tasks directory"),
+            "{done}"
+        );
+        // The worker's end resumed the wait: the safety-net poll never ran.
+        let states = scene.aws.states_entered(task_id).await;
+        assert!(
+            !states.iter().any(|s| s == "PollWorker"),
+            "{task_id}: {states:?}"
+        );
+        // The race's wait was held back on purpose: not a detection figure.
+        if task_id != "ev-race" {
+            detections.push(detection(&scene, task_id).await);
+        }
+    }
+    // The kept worker's task ended with its BUILD phase, while the build itself stays.
+    assert_eq!(scene.aws.codebuild.build_end("ev-kept"), None);
+    // The race: the build's end reached worker-events before any token was kept (nothing
+    // to resume then), and the wait found the worker ended when it kept its token.
+    let early: Vec<_> = scene
+        .aws
+        .events
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.task_id == "ev-race")
+        .collect();
+    assert!(!early.is_empty(), "ev-race's events were delivered");
+    for delivery in &early {
+        assert_eq!(delivery.answer["outcome"], "ignored", "{delivery:?}");
+    }
+
+    // The rule "disabled" for one task: its events never arrive, the safety net ends it.
+    let lost = scene.callback("ev-lost").await;
+    assert_eq!(lost["status"], "succeeded", "{lost}");
+    let states = scene.aws.states_entered("ev-lost").await;
+    assert!(states.iter().any(|s| s == "PollWorker"), "{states:?}");
+    let lost_delay = detection(&scene, "ev-lost").await;
+
+    // Every event the builds emitted went through the rule; those it matched were answered
+    // (no function error), and no token reached a log.
+    let deliveries = scene.aws.events.deliveries();
+    for delivery in &deliveries {
+        assert!(
+            delivery.answer.get("errorType").is_none(),
+            "worker-events failed on {delivery:?}"
+        );
+    }
+    let logs: String = scene
+        .aws
+        .function_logs()
+        .into_iter()
+        .map(|(_, log)| log)
+        .collect();
+    let mut tokens = Vec::new();
+    for task_id in bodies.iter().filter_map(|b| b["task_id"].as_str()) {
+        tokens.extend(scene.aws.task_tokens(task_id).await);
+    }
+    assert!(
+        tokens.len() >= bodies.len(),
+        "every task waited: {tokens:?}"
+    );
+    for token in &tokens {
+        assert!(
+            !logs.contains(token.as_str()),
+            "a task token reached a function log"
+        );
+    }
+
+    let (p50, max) = p50_max(detections.clone());
+    println!(
+        "aws_box events: {} events emitted, {} delivered; detection after the worker's end \
+         (end of BUILD -> FinishAndCallback entered) over {} tasks: p50 {p50:.2} s, max {max:.2} s \
+         ({detections:.2?}); \
+         a lost event (rule disabled for the task) ended by the safety net ({} s) after {lost_delay:.1} s; \
+         {:.1} s in all",
+        scene.aws.events.emitted(),
+        deliveries.len(),
+        detections.len(),
+        SAFETY_NET,
         started.elapsed().as_secs_f64()
     );
 }

@@ -28,14 +28,14 @@ use crate::ports::{
 };
 use crate::secret::Secret;
 use crate::service::TaskService;
-use crate::steps::{Step, StepHandler, Steps};
+use crate::steps::{EventOutcome, Step, StepError, StepHandler, Steps};
 
 /// Settings only the AWS deployment has, from `TASKRUNNER_*` variables.
 #[derive(Clone, Debug)]
 pub struct AwsSettings {
     /// Secrets Manager name prefix (`TASKRUNNER_SECRET_PREFIX`, default `taskrunner/`).
     pub secret_prefix: String,
-    /// The state machine (`TASKRUNNER_STATE_MACHINE_ARN`; api and cleanup only).
+    /// The state machine (`TASKRUNNER_STATE_MACHINE_ARN`; api, worker-events and cleanup).
     pub state_machine_arn: Option<String>,
     /// The CodeBuild project (`TASKRUNNER_CODEBUILD_PROJECT`).
     pub codebuild_project: String,
@@ -202,10 +202,10 @@ impl AwsStack {
         })
     }
 
-    /// The Step Functions orchestrator (api and cleanup).
+    /// The Step Functions orchestrator (api, worker-events and cleanup).
     pub fn orchestrator(&self) -> Result<Arc<dyn Orchestrator>, String> {
         let arn = self.settings.state_machine_arn.clone().ok_or_else(|| {
-            "TASKRUNNER_STATE_MACHINE_ARN is not set; template.yaml sets it for the api and cleanup functions".to_owned()
+            "TASKRUNNER_STATE_MACHINE_ARN is not set; template.yaml sets it for the api, worker-events and cleanup functions".to_owned()
         })?;
         Ok(Arc::new(StepFunctions::new(
             aws_sdk_sfn::Client::new(&self.sdk),
@@ -260,13 +260,36 @@ pub async fn run_cleanup() -> Result<(), lambda_runtime::Error> {
     let orchestrator = stack.orchestrator()?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| {
         let (stack, orchestrator) = (Arc::clone(&stack), Arc::clone(&orchestrator));
+        async move { answer(crate::steps::cleanup(&stack.steps, orchestrator.as_ref()).await) }
+    }))
+    .await
+}
+
+/// Runs the worker-events function: each CodeBuild event the EventBridge rule delivers may
+/// resume the execution waiting for that build. Events that concern no open wait are
+/// answered (and logged at debug), so EventBridge does not retry them; the event itself is
+/// never logged.
+pub async fn run_worker_events() -> Result<(), lambda_runtime::Error> {
+    let stack = Arc::new(AwsStack::new(sdk_config().await)?);
+    let orchestrator = stack.orchestrator()?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let (stack, orchestrator) = (Arc::clone(&stack), Arc::clone(&orchestrator));
         async move {
-            let report = crate::steps::cleanup(&stack.steps, orchestrator.as_ref())
-                .await
-                .map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
-            serde_json::to_value(report).map_err(|err| {
-                StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string()))
-            })
+            let outcome = crate::steps::on_worker_event(
+                &stack.steps,
+                orchestrator.as_ref(),
+                &stack.settings.codebuild_project,
+                &event.payload,
+            )
+            .await;
+            match &outcome {
+                Ok(EventOutcome::Resumed { task_id }) => {
+                    tracing::info!(task_id, "the worker ended; its execution was resumed");
+                }
+                Ok(EventOutcome::Ignored { reason }) => tracing::debug!(reason, "event ignored"),
+                Err(_) => {}
+            }
+            answer(outcome)
         }
     }))
     .await
@@ -303,6 +326,13 @@ pub fn api_router(stack: &AwsStack) -> Result<axum::Router, String> {
         public_url: stack.config.public_url.clone(),
     });
     Ok(router(state))
+}
+
+/// A step's result as the function's answer, or its error as Lambda reports it.
+fn answer<T: serde::Serialize>(result: Result<T, StepError>) -> Result<Value, StepFailure> {
+    let value = result.map_err(|err| StepFailure(TaskFailure::new(err.error, err.cause)))?;
+    serde_json::to_value(value)
+        .map_err(|err| StepFailure(TaskFailure::new("TaskRunner.BadInput", err.to_string())))
 }
 
 /// A step's failure as Lambda reports it: `errorType` is the name the state machine's

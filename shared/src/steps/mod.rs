@@ -3,13 +3,15 @@
 //! `submit` starts the worker, `arm_wait` keeps the waiting execution's task token and checks
 //! the worker once, `poll_worker` reads its state (the safety net when no end was heard),
 //! `finish_and_callback` terminates the worker and POSTs the result, `cleanup` sweeps what
-//! was left. None of them knows whether it runs in a Lambda or inside `taskrunner serve`.
+//! was left; `on_worker_event` resumes an execution waiting for a worker that ended. None
+//! of them knows whether it runs in a Lambda or inside `taskrunner serve`.
 
 mod cleanup;
 mod finish;
 mod handler;
 mod poll;
 mod submit;
+mod worker_event;
 
 use std::sync::Arc;
 
@@ -30,6 +32,9 @@ pub use finish::{CallbackReport, FinishOutput, callback_body, finish_and_callbac
 pub use handler::{Step, StepHandler, step_handlers};
 pub use poll::{arm_wait, poll_worker};
 pub use submit::submit;
+pub use worker_event::{
+    EventOutcome, TASK_ID_VARIABLE, WorkerEvent, on_worker_event, resume_if_ended,
+};
 
 /// Error names the state machine's `Retry` and `Catch` match on.
 pub mod errors {

@@ -9,15 +9,21 @@
 //! a container (the buildspec's `/tmp/taskrunner` is rewritten to it, since builds share this
 //! machine's `/tmp`), its own `$HOME` (whose `.gitconfig` the test may fill), and a phase's
 //! output reaches the log before the phase's status does (CodeBuild's log delivery can lag).
+//!
+//! Like CodeBuild, a build emits EventBridge events in the documented shape: a `CodeBuild Build
+//! State Change` when it starts and when it ends, a `CodeBuild Build Phase Change` as each phase
+//! completes; [`events::EventBus`](super::events::EventBus) delivers those the rule matches.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::events::EventBus;
 
 fn now() -> f64 {
     SystemTime::now()
@@ -56,9 +62,139 @@ struct Build {
     secondary_sources: Vec<Value>,
     stream: String,
     state: Mutex<BuildState>,
+    events: Option<Arc<EventBus>>,
+}
+
+/// Event times as CodeBuild writes them: `Dec 6, 2026 4:12:29 PM`.
+fn event_time(at: f64) -> String {
+    chrono::DateTime::from_timestamp_millis((at * 1000.0) as i64)
+        .unwrap_or_default()
+        .format("%b %-d, %Y %-I:%M:%S %p")
+        .to_string()
 }
 
 impl Build {
+    /// The build's `TASKRUNNER_TASK_ID`, as the event carries it.
+    fn task_id(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|v| v["name"] == "TASKRUNNER_TASK_ID")
+            .and_then(|v| v["value"].as_str())
+    }
+
+    /// An EventBridge event about this build, in the shape the CodeBuild user guide documents
+    /// (sample-build-notifications-ref): `detail` holds the build's status or the completed
+    /// phase (`fields`) and `additional-information`, whose environment variables carry
+    /// PLAINTEXT values and, for SECRETS_MANAGER ones, the secret's name only.
+    fn event(
+        &self,
+        state: &BuildState,
+        detail_type: &str,
+        fields: Value,
+        log_group: &str,
+    ) -> Value {
+        let arn = format!("arn:aws:codebuild:{ACCOUNT}:build/{}", self.id);
+        let phases: Vec<Value> = state
+            .phases
+            .iter()
+            .map(|p| {
+                let mut phase = json!({"phase-type": p.kind, "start-time": event_time(p.start)});
+                if let Some(status) = &p.status {
+                    phase["phase-status"] = json!(status);
+                    phase["phase-context"] = json!([]);
+                }
+                if let Some(end) = p.end {
+                    phase["end-time"] = json!(event_time(end));
+                    phase["duration-in-seconds"] = json!((end - p.start).round());
+                }
+                phase
+            })
+            .collect();
+        let variables: Vec<Value> = self
+            .env
+            .iter()
+            .map(|v| json!({"name": v["name"], "type": v["type"].as_str().unwrap_or("PLAINTEXT"), "value": v["value"]}))
+            .collect();
+        let mut detail = json!({
+            "project-name": self.project,
+            "build-id": arn,
+            "additional-information": {
+                "environment": {
+                    "image": "aws/codebuild/amazonlinux-x86_64-standard:5.0",
+                    "privileged-mode": false,
+                    "compute-type": self.compute_type,
+                    "type": "LINUX_CONTAINER",
+                    "environment-variables": variables,
+                },
+                "timeout-in-minutes": self.timeout_minutes,
+                "build-complete": state.end.is_some(),
+                "build-number": self.number,
+                "initiator": "taskrunner-submit",
+                "build-start-time": event_time(self.start),
+                "source": {"type": "NO_SOURCE"},
+                "logs": {
+                    "group-name": log_group,
+                    "stream-name": self.stream,
+                    "deep-link": format!("https://console.aws.amazon.com/cloudwatch/home?region=us-east-1#logEvent:group={log_group};stream={}", self.stream),
+                },
+                "phases": phases,
+            },
+            "version": "1",
+        });
+        for (key, value) in fields.as_object().into_iter().flatten() {
+            detail[key] = value.clone();
+        }
+        json!({
+            "version": "0",
+            "id": format!("{:08x}-0000-4000-8000-{:012x}", self.number, (now() * 1000.0) as u64),
+            "detail-type": detail_type,
+            "source": "aws.codebuild",
+            "account": "123456789012",
+            "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "region": "us-east-1",
+            "resources": [arn],
+            "detail": detail,
+        })
+    }
+
+    /// Emits a state change (the build's status now).
+    fn state_changed(&self, state: &BuildState) {
+        if let Some(bus) = &self.events {
+            let current = state.phases.last().map_or("SUBMITTED", |p| p.kind);
+            let fields = json!({"build-status": state.status, "current-phase": current, "current-phase-context": "[]"});
+            let event = self.event(
+                state,
+                "CodeBuild Build State Change",
+                fields,
+                super::LOG_GROUP,
+            );
+            bus.emit(self.task_id(), event);
+        }
+    }
+
+    /// Emits a phase change for the phase that just completed (the last one).
+    fn phase_completed(&self, state: &BuildState) {
+        let (Some(bus), Some(phase)) = (&self.events, state.phases.last()) else {
+            return;
+        };
+        let end = phase.end.unwrap_or_else(now);
+        let fields = json!({
+            "completed-phase": phase.kind,
+            "completed-phase-status": phase.status.as_deref().unwrap_or("SUCCEEDED"),
+            "completed-phase-duration-seconds": (end - phase.start).round(),
+            "completed-phase-start": event_time(phase.start),
+            "completed-phase-end": event_time(end),
+            "completed-phase-context": "[]",
+        });
+        let event = self.event(
+            state,
+            "CodeBuild Build Phase Change",
+            fields,
+            super::LOG_GROUP,
+        );
+        bus.emit(self.task_id(), event);
+    }
+
     fn to_json(&self, region_account: &str, log_group: &str) -> Value {
         let state = self.state.lock().unwrap();
         let phases: Vec<Value> = state
@@ -117,6 +253,7 @@ pub struct CodeBuild {
     gitconfig: String,
     builds: Mutex<Vec<Arc<Build>>>,
     tokens: Mutex<HashMap<String, String>>,
+    events: OnceLock<Arc<EventBus>>,
 }
 
 impl CodeBuild {
@@ -131,7 +268,41 @@ impl CodeBuild {
             gitconfig: gitconfig.to_owned(),
             builds: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashMap::new()),
+            events: OnceLock::new(),
         })
+    }
+
+    /// Builds started from now on emit their events to `bus`.
+    pub fn emit_events_to(&self, bus: Arc<EventBus>) {
+        let _ = self.events.set(bus);
+    }
+
+    /// When the build of `task_id` ended (its `endTime`), if it did.
+    pub fn build_end(&self, task_id: &str) -> Option<f64> {
+        self.builds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b.task_id() == Some(task_id))
+            .find_map(|b| b.state.lock().unwrap().end)
+    }
+
+    /// When the BUILD phase of `task_id`'s build ended (the task's end), if it did.
+    pub fn task_end(&self, task_id: &str) -> Option<f64> {
+        self.builds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b.task_id() == Some(task_id))
+            .find_map(|b| {
+                let state = b.state.lock().unwrap();
+                state
+                    .phases
+                    .iter()
+                    .find(|p| p.kind == "BUILD")
+                    .and_then(|p| p.end)
+                    .or(state.end)
+            })
     }
 
     /// Answers one awsJson call (`operation` from `X-Amz-Target: CodeBuild_20161006.<op>`).
@@ -261,6 +432,7 @@ impl CodeBuild {
                     group: None,
                     ending: None,
                 }),
+                events: self.events.get().cloned(),
             });
             builds.push(Arc::clone(&build));
             if let Some(token) = token {
@@ -289,6 +461,7 @@ impl CodeBuild {
         )
         .await;
         let deadline = Instant::now() + Duration::from_secs(build.timeout_minutes * 60);
+        build.state_changed(&build.state.lock().unwrap());
         for kind in ["QUEUED", "PROVISIONING"] {
             enter(&build, kind, &logs).await;
         }
@@ -642,6 +815,7 @@ async fn enter(build: &Build, kind: &'static str, logs: &Logs) {
         if last.status.is_none() {
             last.status = Some("SUCCEEDED".into());
             last.end = Some(at);
+            build.phase_completed(&state);
         }
     }
     state.phases.push(Phase {
@@ -664,6 +838,7 @@ fn end_phase(build: &Build, status: &str, context: Option<(&str, &str)>) {
         last.status = Some(status.to_owned());
         last.end = Some(now());
         last.context = context.map(|(c, m)| (c.to_owned(), m.to_owned()));
+        build.phase_completed(&state);
     }
 }
 
@@ -699,6 +874,7 @@ async fn finish(build: &Build, status: &str, logs: &Logs) {
     });
     state.status = status.to_owned();
     state.end = Some(now());
+    build.state_changed(&state);
 }
 
 /// The buildspec's phase commands, with `/tmp/taskrunner` moved into the build's directory.

@@ -4,15 +4,18 @@
 //! "front" here: it runs the real function binaries behind the Lambda Invoke API
 //! ([`lambda`]), answers CodeBuild ([`codebuild`]) and passes everything else to moto. An
 //! HTTP API stand-in ([`gateway`]) turns plain HTTP requests into API Gateway v2 events for
-//! the `api` function, as the template's `$default` route does.
+//! the `api` function, as the template's `$default` route does. The builds' EventBridge
+//! events reach the `worker-events` function through [`events`], as the template's rule
+//! delivers them.
 
 pub mod codebuild;
+pub mod events;
 pub mod gateway;
 pub mod lambda;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -21,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use codebuild::{CodeBuild, aws_json};
+use events::EventBus;
 use lambda::Function;
 
 /// The functions of `template.yaml`, by binary name.
@@ -29,6 +33,7 @@ pub const FUNCTIONS: &[&str] = &[
     "submit",
     "poll-worker",
     "finish-and-callback",
+    "worker-events",
     "cleanup",
 ];
 /// The CodeBuild project and its log group, as the template names them in the functions' env.
@@ -59,7 +64,10 @@ pub struct AwsBox {
     pub state_machine_arn: String,
     /// The CodeBuild stand-in.
     pub codebuild: Arc<CodeBuild>,
+    /// The rule delivering the builds' events to `worker-events`.
+    pub events: Arc<EventBus>,
     functions: HashMap<String, Arc<Function>>,
+    late_waits: Arc<Mutex<HashSet<String>>>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -69,6 +77,7 @@ struct Front {
     http: reqwest::Client,
     codebuild: Arc<CodeBuild>,
     functions: HashMap<String, Arc<Function>>,
+    late_waits: Arc<Mutex<HashSet<String>>>,
 }
 
 impl AwsBox {
@@ -129,11 +138,19 @@ impl AwsBox {
                 Function::start(name, binary, env, log).await,
             );
         }
+        let events = EventBus::start(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"),
+            PROJECT,
+            Arc::clone(&functions[events::FUNCTION]),
+        );
+        codebuild.emit_events_to(Arc::clone(&events));
+        let late_waits = Arc::new(Mutex::new(HashSet::new()));
         let front = Arc::new(Front {
             moto: moto_url.clone(),
             http: http.clone(),
             codebuild: Arc::clone(&codebuild),
             functions: functions.clone(),
+            late_waits: Arc::clone(&late_waits),
         });
         let app = Router::new().fallback(serve_front).with_state(front);
         tokio::spawn(async move { axum::serve(front_listener, app).await });
@@ -145,7 +162,9 @@ impl AwsBox {
             api_url,
             state_machine_arn,
             codebuild,
+            events,
             functions,
+            late_waits,
             http,
             _dir: dir,
         };
@@ -208,6 +227,38 @@ impl AwsBox {
         answer
     }
 
+    /// Stops the task's execution (`StopExecution`), as an operator would. moto leaves an
+    /// execution stopped in a `.waitForTaskToken` state RUNNING until the wait ends, where
+    /// Step Functions aborts it at once; so the box then ends the wait with the token the
+    /// wait kept (`SendTaskFailure`), and moto, finding the execution stopped, ends it
+    /// there (as FAILED, without running another state).
+    pub async fn stop_execution(&self, task_id: &str) {
+        self.sfn(
+            "StopExecution",
+            &json!({"executionArn": self.execution_arn(task_id)}),
+        )
+        .await;
+        let (status, item) = aws_json(
+            &self.http,
+            &self.moto_url,
+            "DynamoDB_20120810.GetItem",
+            &json!({"TableName": LINE_TABLE, "Key": {"pk": {"S": format!("token#{task_id}")}},
+                    "ConsistentRead": true}),
+        )
+        .await;
+        assert_eq!(status, 200, "GetItem: {item}");
+        if let Some(token) = item["Item"]["token"]["S"].as_str() {
+            aws_json(
+                &self.http,
+                &self.moto_url,
+                "AWSStepFunctions.SendTaskFailure",
+                &json!({"taskToken": token, "error": "States.Aborted"}),
+            )
+            .await;
+        }
+        ended_after_stop(self, task_id).await;
+    }
+
     /// The ARN of the task's execution (named by its task id).
     pub fn execution_arn(&self, task_id: &str) -> String {
         self.state_machine_arn
@@ -225,15 +276,44 @@ impl AwsBox {
         .await
     }
 
+    /// The events of the task's execution, oldest first.
+    async fn events(&self, task_id: &str) -> Vec<Value> {
+        let history = self.history(task_id).await;
+        history["events"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The states the task's execution entered, in order.
     pub async fn states_entered(&self, task_id: &str) -> Vec<String> {
-        let history = self.history(task_id).await;
-        history["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        self.events(task_id)
+            .await
+            .iter()
             .filter_map(|e| e["stateEnteredEventDetails"]["name"].as_str())
             .map(str::to_owned)
+            .collect()
+    }
+
+    /// When the task's execution first entered `state` (seconds since the epoch).
+    pub async fn entered_at(&self, task_id: &str, state: &str) -> Option<f64> {
+        self.events(task_id)
+            .await
+            .iter()
+            .find(|e| e["stateEnteredEventDetails"]["name"] == state)
+            .and_then(|e| e["timestamp"].as_f64())
+    }
+
+    /// The task tokens Step Functions handed the task's waits (in their scheduled
+    /// parameters, `Payload.task_token`).
+    pub async fn task_tokens(&self, task_id: &str) -> Vec<String> {
+        self.events(task_id)
+            .await
+            .iter()
+            .filter_map(|e| e["taskScheduledEventDetails"]["parameters"].as_str())
+            .filter_map(|parameters| serde_json::from_str::<Value>(parameters).ok())
+            .filter_map(|parameters| {
+                parameters["Payload"]["task_token"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 
@@ -274,6 +354,14 @@ impl AwsBox {
         logs
     }
 
+    /// Makes `task_id`'s wait keep its task token late: the state machine's call of
+    /// poll-worker with the token is held until the task's build has ended and its events
+    /// were delivered, so the worker's end comes before any token is kept (the race the
+    /// wait's own check of the worker covers).
+    pub fn keep_token_late(&self, task_id: &str) {
+        self.late_waits.lock().unwrap().insert(task_id.to_owned());
+    }
+
     /// Invokes a function directly, as EventBridge or the console would.
     pub async fn invoke(&self, name: &str, event: Value) -> Value {
         let answer = self.functions[name]
@@ -285,11 +373,36 @@ impl AwsBox {
 
 impl Drop for AwsBox {
     fn drop(&mut self) {
+        // AWS_BOX_KEEP=1 keeps the functions' logs and the builds for a look afterwards.
+        if std::env::var_os("AWS_BOX_KEEP").is_some() {
+            eprintln!("aws_box: kept {}", self._dir.path().display());
+            std::mem::forget(std::mem::replace(
+                &mut self._dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
         self.codebuild.stop_all();
         for function in self.functions.values() {
             function.stop();
         }
     }
+}
+
+async fn ended_after_stop(aws: &AwsBox, task_id: &str) {
+    super::eventually(
+        std::time::Duration::from_secs(30),
+        &format!("{task_id}'s execution to end"),
+        async || {
+            let execution = aws
+                .sfn(
+                    "DescribeExecution",
+                    &json!({"executionArn": aws.execution_arn(task_id)}),
+                )
+                .await;
+            (execution["status"] != "RUNNING").then_some(())
+        },
+    )
+    .await;
 }
 
 /// The event EventBridge sends the cleanup function on its schedule.
@@ -313,33 +426,9 @@ fn template_env(
 ) -> HashMap<String, Vec<(String, String)>> {
     let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
     // CloudFormation's short tags become {"Ref": ...}, {"Fn::Sub": ...}.
-    let script = r#"
-import json, sys, yaml
-class Loader(yaml.SafeLoader):
-    pass
-def tag(name):
-    def construct(loader, node):
-        if isinstance(node, yaml.ScalarNode):
-            value = loader.construct_scalar(node)
-        else:
-            value = loader.construct_sequence(node)
-        return {("Ref" if name == "Ref" else "Fn::" + name): value}
-    return construct
-for name in ["Ref", "Sub", "GetAtt", "Join", "If", "Equals", "Select", "Split"]:
-    Loader.add_constructor("!" + name, tag(name))
-doc = yaml.load(open(sys.argv[1]), Loader=Loader)
-out = {"globals": doc["Globals"]["Function"]["Environment"]["Variables"],
-       "parameters": {k: v.get("Default") for k, v in doc["Parameters"].items()},
-       "functions": {}}
-for name, resource in doc["Resources"].items():
-    if resource["Type"] == "AWS::Serverless::Function":
-        binary = resource["Metadata"]["BuildProperties"]["Binary"]
-        env = resource["Properties"].get("Environment", {}).get("Variables", {})
-        out["functions"][binary] = env
-print(json.dumps(out))
-"#;
     let output = std::process::Command::new("python3")
-        .args(["-c", script])
+        .arg(template_script())
+        .arg("env")
         .arg(&template)
         .output()
         .unwrap();
@@ -429,6 +518,11 @@ print(json.dumps(out))
     all
 }
 
+/// `tests/support/template.py`, which reads template.yaml for the box.
+pub fn template_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/support/template.py")
+}
+
 /// Creates the state machine from the real ASL file, its Lambda ARNs substituted as
 /// `template.yaml`'s `DefinitionSubstitutions` do.
 async fn create_state_machine(http: &reqwest::Client, moto: &str) -> String {
@@ -468,6 +562,7 @@ async fn serve_front(State(front): State<Arc<Front>>, request: Request) -> Respo
         .and_then(|rest| rest.strip_suffix("/invocations"))
     {
         let name = lambda::function_name(name);
+        hold_late_wait(&front, &body).await;
         let Some(function) = front.functions.get(&name) else {
             return (
                 axum::http::StatusCode::NOT_FOUND,
@@ -498,6 +593,24 @@ async fn serve_front(State(front): State<Arc<Front>>, request: Request) -> Respo
         return response.body(Body::from(answer.to_string())).unwrap();
     }
     proxy(&front, parts, body).await
+}
+
+/// Holds a call that hands over a task token (`task_token` in the payload) of a task marked
+/// by [`AwsBox::keep_token_late`] until its build ended and its events had time to arrive.
+async fn hold_late_wait(front: &Front, body: &Bytes) {
+    let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let Some(task_id) = payload["input"]["task"]["task_id"].as_str() else {
+        return;
+    };
+    if payload.get("task_token").is_none() || !front.late_waits.lock().unwrap().contains(task_id) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while front.codebuild.build_end(task_id).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The build's events were emitted at its end; their delivery takes a function call.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 }
 
 async fn proxy(front: &Front, parts: axum::http::request::Parts, body: Bytes) -> Response {
