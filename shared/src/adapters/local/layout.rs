@@ -1,7 +1,8 @@
 //! Where a local worker keeps its state, and the small helpers both sides use on it.
 //!
-//! The API server and the detached supervisor never talk to each other: they share a worker
-//! directory, `data_dir/workers/<task_id>/`, of small files written atomically.
+//! The API server and the worker host share a worker directory per task,
+//! `data_dir/workers/<task_id>/`, of small files written atomically: the host's messages only
+//! say that something changed, the files say what.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,15 +26,15 @@ impl WorkerDir {
         Self { dir: dir.into() }
     }
 
-    /// Created (exclusively) when a start spawns the supervisor.
+    /// Created (exclusively) when a start hands the task to the worker host.
     pub fn start_lock(&self) -> PathBuf {
         self.dir.join("started")
     }
-    /// The supervisor's pid.
+    /// The pid of the process that runs the task (the worker host).
     pub fn supervisor_pid(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
     }
-    /// The pid (= process group id) of the process the supervisor runs now.
+    /// The pid (= process group id) of the process the task's supervisor runs now.
     pub fn task_pgid(&self) -> PathBuf {
         self.dir.join("task.pgid")
     }
@@ -60,10 +61,6 @@ impl WorkerDir {
     /// The [`crate::ports::DeliveryRecord`] of the callback the receiver accepted.
     pub fn delivery(&self) -> PathBuf {
         self.dir.join("delivered.json")
-    }
-    /// The supervisor's own stdout and stderr.
-    pub fn supervisor_log(&self) -> PathBuf {
-        self.dir.join("supervisor.log")
     }
 }
 

@@ -2,12 +2,14 @@
 
 pub mod gate;
 pub mod git;
+pub mod host;
 pub mod layout;
 pub mod limits;
+pub mod link;
 pub mod mask;
 pub mod secrets;
 pub mod supervisor;
 pub mod worker;
 
-pub use supervisor::supervise_from_stdin;
+pub use host::run_host;
 pub use worker::{LocalWorker, LocalWorkerConfig};
