@@ -6,11 +6,11 @@
 //! its pid) and listens on the owner-only socket `D/worker-host.sock`. The server sends one
 //! JSON line per message ([`ToHost`]: start a task, stop one); the host runs each task's
 //! [`supervise`] on its own event loop (the task file itself is `bash` or `python3`, spawned
-//! directly), writes everything the task's phases and end are into the worker directory,
+//! directly), records the task's phases and its end in the worker directory,
 //! and answers [`FromHost::Ended`] once `end.json` is written. A restarted server connects to
 //! the same host and reads from the worker directories what ended meanwhile. If the host
-//! itself dies, the tasks it ran are reported as vanished (their `supervisor.pid` is the
-//! host's), never as running forever.
+//! itself dies, the tasks it ran are reported as vanished (their start lock holds the host's
+//! pid), never as running forever.
 //!
 //! The host exits once no server has been connected and no task has run for [`IDLE_EXIT`].
 
@@ -273,7 +273,7 @@ fn start(state: &Shared, data_dir: &Path, input: SupervisorInput) {
         if let Err(error) = supervise(worker.clone(), input, stopped).await {
             eprintln!("cannot write {}: {error}", worker.end().display());
         }
-        let pgid = super::layout::read_pid(&worker.task_pgid());
+        let pgid = super::layout::task_group(&worker);
         let mut state = lock(&state);
         state.tasks.remove(&task_id);
         if let Some(pgid) = pgid.filter(|pgid| super::layout::group_exists(*pgid)) {

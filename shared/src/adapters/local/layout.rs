@@ -26,11 +26,12 @@ impl WorkerDir {
         Self { dir: dir.into() }
     }
 
-    /// Created (exclusively) when a start hands the task to the worker host.
+    /// Created (exclusively) when a start hands the task to the worker host; it holds the
+    /// host's pid and the task spec (secret names only), as JSON.
     pub fn start_lock(&self) -> PathBuf {
         self.dir.join("started")
     }
-    /// The pid of the process that runs the task (the worker host).
+    /// The pid of an older version's supervisor process, which ran one task.
     pub fn supervisor_pid(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
     }
@@ -50,7 +51,7 @@ impl WorkerDir {
     pub fn terminate_marker(&self) -> PathBuf {
         self.dir.join("terminate.json")
     }
-    /// The task spec (secret names only), for terminate and list.
+    /// The task spec, as an older version wrote it (now in the start lock).
     pub fn spec(&self) -> PathBuf {
         self.dir.join("spec.json")
     }
@@ -74,6 +75,10 @@ pub enum Phase {
     Running {
         /// Since when.
         started_at: DateTime<Utc>,
+        /// The task's process group (one file fewer than `task.pgid`, which holds the group
+        /// of the clones and of the startup script).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pgid: Option<i32>,
     },
 }
 
@@ -84,6 +89,17 @@ pub struct TerminateMarker {
     pub reason: TerminateReason,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+/// The process group of what the worker runs now: the task's (in `phase.json`) once it
+/// runs, before that the one in `task.pgid`.
+pub fn task_group(worker: &WorkerDir) -> Option<i32> {
+    match read_json::<Phase>(&worker.phase()) {
+        Some(Phase::Running {
+            pgid: Some(pgid), ..
+        }) => Some(pgid),
+        _ => read_pid(&worker.task_pgid()),
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.

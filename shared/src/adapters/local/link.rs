@@ -26,7 +26,7 @@ pub type LostHook = Arc<dyn Fn() + Send + Sync>;
 /// A live connection: the host's pid and the queue of lines to send it.
 #[derive(Clone)]
 pub struct Connection {
-    /// The host's pid, the `supervisor.pid` of every task it runs.
+    /// The host's pid, written into the start lock of every task it runs.
     pub pid: i32,
     out: mpsc::UnboundedSender<Vec<u8>>,
 }

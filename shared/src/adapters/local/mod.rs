@@ -10,6 +10,7 @@ pub mod mask;
 pub mod secrets;
 pub mod supervisor;
 pub mod worker;
+pub mod workspace;
 
 pub use host::run_host;
 pub use worker::{LocalWorker, LocalWorkerConfig};

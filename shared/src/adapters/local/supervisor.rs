@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -25,6 +25,7 @@ use super::layout::{
 };
 use super::limits::Limits;
 use super::mask::{LineMasker, Masker};
+use super::workspace;
 use crate::ports::{Outcome, TaskEnd, TerminateReason};
 use crate::secret::Secret;
 use crate::task::{Interpreter, TaskSpec};
@@ -186,9 +187,18 @@ impl<'a> Supervisor<'a> {
         if let Some(marker) = read_json::<TerminateMarker>(&self.worker.terminate_marker()) {
             return end_for_marker(Some(marker.reason), None);
         }
-        let _ = write_json(&self.worker.phase(), &Phase::Preparing);
+        let spec = &self.input.spec;
+        // Only a phase that lasts: each write of phase.json is a new file and a rename.
+        if !spec.git.is_empty() || spec.startup_script.is_some() {
+            let _ = write_json(&self.worker.phase(), &Phase::Preparing);
+        }
         let workspace = &self.input.workspace;
-        if let Err(e) = std::fs::create_dir_all(workspace.join(".tmp")) {
+        let with_tasks = self
+            .input
+            .tasks_dir
+            .as_ref()
+            .is_some_and(|dir| dir.join(spec.task_file.as_str()).is_file());
+        if let Err(e) = workspace::create(workspace, with_tasks) {
             let reason = format!("cannot create the workspace {}: {e}", workspace.display());
             return ended(Outcome::Error, None, reason, None);
         }
@@ -231,7 +241,7 @@ impl<'a> Supervisor<'a> {
                 source.local_path
             ));
             for step in clone.steps(&destination) {
-                match self.run_logged(clone.command(&step), None).await {
+                match self.run_logged(clone.command(&step), None, None).await {
                     Ok(exited) if exited.status.success() => {}
                     Ok(exited) => return Err(fail(clone.failure(&error_line(&exited.tail)))),
                     Err(stop) => return Err(self.stopped(stop, None)),
@@ -250,7 +260,7 @@ impl<'a> Supervisor<'a> {
         if let Some(tasks_dir) = &input.tasks_dir {
             let candidate = tasks_dir.join(name);
             if candidate.is_file() {
-                let copy = input.workspace.join("tasks");
+                let copy = input.workspace.join(workspace::TASKS);
                 copy_dir(tasks_dir, &copy).map_err(|e| {
                     format!(
                         "cannot copy the tasks directory {} into the workspace: {e}",
@@ -294,7 +304,7 @@ impl<'a> Supervisor<'a> {
             .arg(script)
             .current_dir(&self.input.workspace);
         self.task_env(&mut command);
-        match self.run_logged(command, Some(self.limits())).await {
+        match self.run_logged(command, Some(self.limits()), None).await {
             Ok(exited) if exited.status.success() => Ok(()),
             Ok(exited) => Err(ended(
                 Outcome::Error,
@@ -318,9 +328,11 @@ impl<'a> Supervisor<'a> {
         command.arg(file).current_dir(root);
         self.task_env(&mut command);
         let started_at = Utc::now();
-        let _ = write_json(&self.worker.phase(), &Phase::Running { started_at });
         self.note(&format!("running {}", self.input.spec.task_file));
-        match self.run_logged(command, Some(self.limits())).await {
+        match self
+            .run_logged(command, Some(self.limits()), Some(started_at))
+            .await
+        {
             Ok(exited) => {
                 let status = exited.status;
                 let (outcome, reason) = match status.code() {
@@ -365,7 +377,7 @@ impl<'a> Supervisor<'a> {
         }
         command
             .env("HOME", &input.workspace)
-            .env("TMPDIR", input.workspace.join(".tmp"))
+            .env("TMPDIR", input.workspace.join(workspace::TMP))
             .env("PYTHONUNBUFFERED", "1")
             .envs(&spec.env)
             .envs(&input.env);
@@ -418,11 +430,14 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Runs `command` in its own process group, its output masked into the log, until it
-    /// exits, the deadline passes, or a stop arrives (then its group is stopped).
+    /// exits, the deadline passes, or a stop arrives (then its group is stopped). With
+    /// `running` (the task itself, not a clone or the startup script), the group is recorded
+    /// with the running phase.
     async fn run_logged(
         &mut self,
         mut command: Command,
         limits: Option<Limits>,
+        running: Option<DateTime<Utc>>,
     ) -> Result<Exited, Stop> {
         let (reader, writer) = match pipe() {
             Ok(ends) => ends,
@@ -472,7 +487,16 @@ impl<'a> Supervisor<'a> {
             }
         };
         let pgid = child.id().map_or(0, |id| id as i32);
-        let _ = write_pid(&self.worker.task_pgid(), pgid as u32);
+        let _ = match running {
+            Some(started_at) => {
+                let phase = Phase::Running {
+                    started_at,
+                    pgid: Some(pgid),
+                };
+                write_json(&self.worker.phase(), &phase)
+            }
+            None => write_pid(&self.worker.task_pgid(), pgid as u32),
+        };
         let pump = pump_output(
             reader,
             LineMasker::new(self.masker.clone()),
@@ -557,16 +581,17 @@ async fn reap_group(pgid: i32) {
     }
 }
 
-/// Reads the pipe in a thread, masks line by line, appends to the log; gives back the last
-/// lines of output (masked) at the end of the stream.
+/// Reads the pipe, masks line by line, appends to the log; gives back the last lines of
+/// output (masked) at the end of the stream.
 fn pump_output(
     reader: OwnedFd,
     mut masker: LineMasker,
     log: Arc<Mutex<File>>,
 ) -> tokio::sync::oneshot::Receiver<String> {
     let (done, receiver) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut reader = File::from(reader);
+    // On the event loop, not a thread per task: the host runs many tasks at once.
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
         let mut tail: VecDeque<u8> = VecDeque::new();
         let mut buf = [0u8; 8192];
         let write = |bytes: &[u8], tail: &mut VecDeque<u8>| {
@@ -581,13 +606,19 @@ fn pump_output(
                 tail.pop_front();
             }
         };
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => write(&masker.push(&buf[..n]), &mut tail),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(reader) {
+            Ok(mut reader) => loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => write(&masker.push(&buf[..n]), &mut tail),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            },
+            Err(e) => write(
+                format!("cannot read the output: {e}\n").as_bytes(),
+                &mut tail,
+            ),
         }
         write(&masker.finish(), &mut tail);
         let tail: Vec<u8> = tail.into();

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use super::host::{HOST_PID_FILE, ToHost};
 use super::layout::{
     KILL_GRACE, Phase, TerminateMarker, WorkerDir, group_exists, process_exists, read_json,
-    read_pid, signal_ok, write_json, write_pid,
+    read_pid, signal_ok, task_group, write_json,
 };
 use super::link::{Connection, HostLink, LostHook};
 use super::supervisor::{PipedSecret, SupervisorInput, TaskSecret};
@@ -245,23 +245,28 @@ impl LocalWorker {
         })
     }
 
-    /// Hands the task to the worker host; its pid becomes the worker's supervisor pid.
+    /// Hands the task to the worker host, whose pid the start lock holds.
     async fn hand_to_host(
         &self,
         worker: &WorkerDir,
         input: SupervisorInput,
+        host: Connection,
     ) -> Result<(), PortError> {
         let message = ToHost::Start {
             input: Box::new(input),
         };
-        // A connection that closed just now is replaced once.
-        for _ in 0..2 {
-            let host = self.host().await?;
-            write_pid(&worker.supervisor_pid(), host.pid as u32)
-                .map_err(|e| io_error("write", &worker.supervisor_pid(), e))?;
-            if host.send(&message) {
-                return Ok(());
-            }
+        if host.send(&message) {
+            return Ok(());
+        }
+        // The connection closed just now: once more, with a new host (and its pid).
+        let host = self.host().await?;
+        if let Some(mut record) = read_json::<StartRecord>(&worker.start_lock()) {
+            record.pid = host.pid;
+            write_json(&worker.start_lock(), &record)
+                .map_err(|e| io_error("write", &worker.start_lock(), e))?;
+        }
+        if host.send(&message) {
+            return Ok(());
         }
         Err(PortError::Transient(
             "the worker host closed its connection".to_owned(),
@@ -270,13 +275,13 @@ impl LocalWorker {
 
     /// The task's process group, when it still has members.
     fn live_group(worker: &WorkerDir) -> Option<i32> {
-        read_pid(&worker.task_pgid()).filter(|pgid| group_exists(*pgid))
+        task_group(worker).filter(|pgid| group_exists(*pgid))
     }
 
     /// The process that runs the task and has not recorded its end: the worker host (until
     /// `end.json` is written), or a supervisor process of an older version.
     fn live_supervisor(&self, worker: &WorkerDir) -> Option<i32> {
-        read_pid(&worker.supervisor_pid())
+        supervisor_pid(worker)
             .filter(|pid| process_exists(*pid))
             .filter(|pid| !(self.is_host(*pid) && worker.end().exists()))
     }
@@ -336,6 +341,29 @@ impl LocalWorker {
     }
 }
 
+/// What the start lock holds: the host that runs the task and the task's spec (secret names
+/// only), in one file, as every file a task creates costs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StartRecord {
+    pid: i32,
+    spec: TaskSpec,
+}
+
+/// The pid of the process that runs the task: the worker host's, from the start lock; an
+/// older version's supervisor wrote its own into `supervisor.pid`.
+fn supervisor_pid(worker: &WorkerDir) -> Option<i32> {
+    read_json::<StartRecord>(&worker.start_lock())
+        .map(|record| record.pid)
+        .or_else(|| read_pid(&worker.supervisor_pid()))
+}
+
+/// The spec of a started task (an older version wrote `spec.json`).
+fn started_spec(worker: &WorkerDir) -> Option<TaskSpec> {
+    read_json::<StartRecord>(&worker.start_lock())
+        .map(|record| record.spec)
+        .or_else(|| read_json(&worker.spec()))
+}
+
 fn worker_dir(data_dir: &Path, task_id: &str) -> WorkerDir {
     WorkerDir::new(data_dir.join("workers").join(task_id))
 }
@@ -372,7 +400,7 @@ fn watch_unended(data_dir: &Path, hook: TaskEndHook) {
         while !watched.is_empty() {
             tokio::time::sleep(REATTACH_POLL).await;
             watched.retain(|(id, dir)| {
-                let alive = read_pid(&dir.supervisor_pid()).is_some_and(process_exists);
+                let alive = supervisor_pid(dir).is_some_and(process_exists);
                 let over = dir.end().exists() || !alive;
                 if over {
                     hook(id);
@@ -395,13 +423,13 @@ fn task_phase(worker: &WorkerDir) -> TaskPhase {
             None => TaskPhase::Pending,
         };
     }
-    let Some(pid) = read_pid(&worker.supervisor_pid()) else {
+    let Some(pid) = supervisor_pid(worker) else {
         return TaskPhase::Pending;
     };
     if process_exists(pid) {
         return match read_json::<Phase>(&worker.phase()) {
             Some(Phase::Preparing) => TaskPhase::Preparing,
-            Some(Phase::Running { started_at }) => TaskPhase::Running { started_at },
+            Some(Phase::Running { started_at, .. }) => TaskPhase::Running { started_at },
             None => TaskPhase::Pending,
         };
     }
@@ -410,7 +438,7 @@ fn task_phase(worker: &WorkerDir) -> TaskPhase {
         return TaskPhase::Ended(end);
     }
     let started_at = match read_json::<Phase>(&worker.phase()) {
-        Some(Phase::Running { started_at }) => Some(started_at),
+        Some(Phase::Running { started_at, .. }) => Some(started_at),
         _ => None,
     };
     let finished_at = Utc::now();
@@ -489,13 +517,23 @@ impl WorkerBackend for LocalWorker {
         task_secrets.extend(token);
         std::fs::create_dir_all(&worker.dir)
             .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
-        // The lock makes concurrent starts of one task start one supervisor.
+        let host = self.host().await?;
+        let record = serde_json::to_vec(&StartRecord {
+            pid: host.pid,
+            spec: spec.clone(),
+        })
+        .map_err(|e| PortError::Permanent(e.to_string()))?;
+        // The lock makes concurrent starts of one task start it once.
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(worker.start_lock())
         {
-            Ok(_) => {}
+            Ok(mut lock) => {
+                use std::io::Write;
+                lock.write_all(&record)
+                    .map_err(|e| io_error("write", &worker.start_lock(), e))?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(handle),
             Err(e) => return Err(io_error("create", &worker.start_lock(), e)),
         }
@@ -503,7 +541,6 @@ impl WorkerBackend for LocalWorker {
         if worker.terminate_marker().exists() {
             return Ok(handle);
         }
-        write_json(&worker.spec(), spec).map_err(|e| io_error("write", &worker.spec(), e))?;
         let input = SupervisorInput {
             spec: spec.clone(),
             task_secrets,
@@ -514,9 +551,8 @@ impl WorkerBackend for LocalWorker {
             log_file: self.log_file(task_id),
             env,
         };
-        if let Err(error) = self.hand_to_host(&worker, input).await {
+        if let Err(error) = self.hand_to_host(&worker, input, host).await {
             let _ = std::fs::remove_file(worker.start_lock());
-            let _ = std::fs::remove_file(worker.supervisor_pid());
             return Err(error);
         }
         Ok(handle)
@@ -526,8 +562,7 @@ impl WorkerBackend for LocalWorker {
         let task_id = Self::task_id_of(handle)?;
         let worker = self.worker_dir(&task_id);
         let task = task_phase(&worker);
-        let kept = read_json::<TaskSpec>(&worker.spec())
-            .is_some_and(|spec| !spec.terminate_on_completion)
+        let kept = started_spec(&worker).is_some_and(|spec| !spec.terminate_on_completion)
             && self.workspace(&task_id).exists();
         let worker_alive =
             self.live_supervisor(&worker).is_some() || Self::live_group(&worker).is_some() || kept;
@@ -558,7 +593,9 @@ impl WorkerBackend for LocalWorker {
         let worker = self.worker_dir(&task_id);
         std::fs::create_dir_all(&worker.dir)
             .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
-        if !worker.terminate_marker().exists() {
+        // A task that ended needs no marker to be told from a cancel: end.json says.
+        let ended = reason == TerminateReason::Completed && worker.end().exists();
+        if !ended && !worker.terminate_marker().exists() {
             let marker = TerminateMarker {
                 reason,
                 at: Utc::now(),
@@ -567,7 +604,7 @@ impl WorkerBackend for LocalWorker {
                 .map_err(|e| io_error("write", &worker.terminate_marker(), e))?;
         }
         let keep = reason == TerminateReason::Completed
-            && read_json::<TaskSpec>(&worker.spec()).is_some_and(|s| !s.terminate_on_completion);
+            && started_spec(&worker).is_some_and(|s| !s.terminate_on_completion);
         let workspace = self.workspace(&task_id);
         if keep {
             if Self::kept_until(&worker).is_none() {
@@ -581,11 +618,8 @@ impl WorkerBackend for LocalWorker {
             return Ok(());
         }
         self.stop_processes(&task_id, &worker).await;
-        match std::fs::remove_dir_all(&workspace) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove the workspace", &workspace, e)),
-        }
+        super::workspace::remove(&workspace)
+            .map_err(|e| io_error("remove the workspace", &workspace, e))?;
         let _ = std::fs::remove_file(worker.keep_until());
         Ok(())
     }

@@ -117,7 +117,7 @@ impl Fixture {
     }
 
     fn task_group(&self, task_id: &str) -> i32 {
-        read_pid(&self.data().join("workers").join(task_id).join("task.pgid")).unwrap()
+        task_group(&WorkerDir::new(self.data().join("workers").join(task_id))).unwrap()
     }
 }
 
@@ -544,7 +544,7 @@ async fn tasks_share_one_host_and_a_killed_host_ends_them_as_vanished() {
     let host = read_pid(&fx.data().join("worker-host.pid")).unwrap();
     for id in ["hosted-1", "hosted-2"] {
         let worker = fx.data().join("workers").join(id);
-        assert_eq!(read_pid(&worker.join("supervisor.pid")), Some(host));
+        assert_eq!(supervisor_pid(&WorkerDir::new(worker)), Some(host));
     }
     assert!(signal_ok(host, libc::SIGKILL));
     let mut woken = Vec::new();
