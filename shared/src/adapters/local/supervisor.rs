@@ -472,9 +472,17 @@ impl<'a> Supervisor<'a> {
                 command.pre_exec(move || limits.apply());
             }
         }
-        let spawned = command.spawn();
-        // Our copies of the pipe's write end must go, or the reader never sees the end.
-        drop(command);
+        // Off the event loop: with a pre_exec hook, spawn waits until the forked child has
+        // exec'd, which takes as long as the child waits for the CPU it is pinned to, and
+        // the host's other tasks must not wait with it.
+        let spawned = tokio::task::spawn_blocking(move || {
+            let spawned = command.spawn();
+            // Our copies of the pipe's write end must go, or the reader never sees the end.
+            drop(command);
+            spawned
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
