@@ -66,8 +66,8 @@ def open_fds(pid):
 
 
 def worker_processes(work):
-    """Supervisors whose worker dir is under `work`, and the other members of their sessions."""
-    supervisors, sessions = [], set()
+    """Worker hosts whose data dir is under `work`, and the other members of their sessions."""
+    hosts, sessions = [], set()
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     for pid in pids:
         try:
@@ -75,8 +75,8 @@ def worker_processes(work):
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"worker-supervise" in argv and any(a.startswith(work.encode() + b"/") for a in argv):
-            supervisors.append(pid)
+        if b"worker-host" in argv and any(a.startswith(work.encode() + b"/") for a in argv):
+            hosts.append(pid)
             sessions.add(pid)
     members = []
     for pid in pids:
@@ -89,18 +89,18 @@ def worker_processes(work):
             continue
         if int(fields[3]) in sessions:  # field 6 of stat: session id
             members.append(pid)
-    return supervisors, members
+    return hosts, members
 
 
 def measure_workers(work):
-    supervisors, members = worker_processes(work)
+    hosts, members = worker_processes(work)
 
     def total(pids):
         rss = sum((proc_status(p) or {}).get("VmRSS", 0) for p in pids)
         pss = sum(pss_kib(p) for p in pids)
         return len(pids), rss, pss
 
-    return total(supervisors), total(members)
+    return total(hosts), total(members)
 
 
 def percentile(values, p):
@@ -281,8 +281,8 @@ def main():
         ("serve RSS peak (max VmRSS sample / VmHWM)", f"{mib(peak_rss)} / {mib(peak_hwm)}"),
         ("serve threads / open fds (max)",
          f"{max((s[3] for s in samples), default=0)} / {max((s[4] for s in samples), default=0)}"),
-        ("supervisors alive at mid-sleep", f"{sup_n}"),
-        ("supervisors total RSS / PSS", f"{mib(sup_rss)} / {mib(sup_pss)}"),
+        ("worker hosts alive at mid-sleep", f"{sup_n}"),
+        ("worker host RSS / PSS", f"{mib(sup_rss)} / {mib(sup_pss)}"),
         ("task processes (bash, sleep) RSS / PSS",
          f"{task_n} processes, {mib(task_rss)} / {mib(task_pss)}"),
         ("callbacks received (distinct tasks)", f"{len(ours)} of {len(accepted)} accepted"),

@@ -37,19 +37,19 @@ bench_start_server() {
     return 1
 }
 
-# PIDs of the `taskrunner worker-supervise` processes whose worker directory is under $1.
-bench_supervisors() {
+# PIDs of the `taskrunner worker-host` processes whose data directory is under $1.
+bench_hosts() {
     local work="$1" pid cmd
     for pid in $(ls /proc | grep -E '^[0-9]+$'); do
         cmd="$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" || continue
         case "$cmd" in
-            *worker-supervise*"$work/"*) echo "$pid" ;;
+            *worker-host*"$work/"*) echo "$pid" ;;
         esac
     done
 }
 
-# Stops the server (SIGTERM, then SIGKILL) and kills every process left in the sessions of
-# the supervisors it started under $1 (each supervisor leads its own session).
+# Stops the server (SIGTERM, then SIGKILL) and kills every process left in the session of
+# the worker host it started under $1 (the host leads its own session).
 bench_cleanup() {
     local work="$1" i sup pid sid
     if [ -n "${SERVE_PID:-}" ] && kill -0 "$SERVE_PID" 2>/dev/null; then
@@ -59,9 +59,9 @@ bench_cleanup() {
         wait "$SERVE_PID" 2>/dev/null
     fi
     local sups
-    sups="$(bench_supervisors "$work")"
+    sups="$(bench_hosts "$work")"
     if [ -n "$sups" ]; then
-        echo "cleanup: killing $(echo "$sups" | wc -l) leftover supervisor session(s)" >&2
+        echo "cleanup: killing $(echo "$sups" | wc -l) leftover worker host session(s)" >&2
         for sup in $sups; do
             ps -eo pid=,sid= | while read -r pid sid; do
                 [ "$sid" = "$sup" ] && kill -KILL "$pid" 2>/dev/null

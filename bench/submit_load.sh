@@ -3,7 +3,7 @@
 # wrk from another process over loopback.
 #
 # Scenario "new tasks": every request has its own task_id, so every 202 starts a real
-# worker (a `taskrunner worker-supervise` process running a task that is `exit 0`).
+# worker (a task that is `exit 0`, run by the data directory's worker host).
 # Scenario "resubmit": every request is the same, already accepted request: the idempotent
 # path, which starts nothing, so it shows the API's own overhead.
 #

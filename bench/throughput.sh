@@ -4,8 +4,10 @@
 # a callback POST, nothing persisted). Same workload for both: BENCH_TASKS (1000) no-op
 # tasks submitted by BENCH_CONCURRENCY (16) keep-alive submitters, timed until every
 # callback arrived. Prints per system: wall time to the last callback, submit p50/p99,
-# server CPU seconds (its own plus reaped children's), peak RSS, and the ratios.
-# BENCH_KEEP=1 keeps the temp dir. Needs cargo and python3.
+# server CPU seconds (its own plus reaped children's; for taskrunner also its worker host's,
+# which runs the tasks), peak RSS, and the ratios.
+# BENCH_BASELINE_BIN=/path/to/an/older/taskrunner also runs that binary, in the same run,
+# as a third column ("before"). BENCH_KEEP=1 keeps the temp dir. Needs cargo and python3.
 set -uo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,6 +18,7 @@ CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 WORK="$(mktemp -d /tmp/taskrunner-bench-throughput.XXXXXX)"
 PY_PID=""
 finish() {
+    bench_cleanup "$WORK/before"
     bench_cleanup "$WORK/taskrunner"
     [ -n "$PY_PID" ] && kill -TERM "$PY_PID" 2>/dev/null && wait "$PY_PID" 2>/dev/null
     if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -39,30 +42,50 @@ PY="$(python3 "$BENCH_DIR/throughput_load.py" "http://127.0.0.1:$(cat "$WORK/pyt
 kill -TERM "$PY_PID" 2>/dev/null; wait "$PY_PID" 2>/dev/null; PY_PID=""
 
 # --- taskrunner serve ------------------------------------------------------------------
-mkdir -p "$WORK/taskrunner/tasks"
-cp "$WORK/python/tasks/ok.sh" "$WORK/taskrunner/tasks/ok.sh"
-BENCH_RUST_LOG="${BENCH_RUST_LOG:-warn}" bench_start_server "$WORK/taskrunner" || exit 1
-echo "taskrunner serve: $TASKS tasks, $CONCURRENCY submitters ..." >&2
-TR="$(python3 "$BENCH_DIR/throughput_load.py" "$SERVE_URL" "$BENCH_API_KEY" "$PREFIX-tr" \
-    "$SERVE_PID" "$TASKS" "$CONCURRENCY")"
-TR_LOG="$(bench_log_problems "$WORK/taskrunner/serve.log")"
-bench_cleanup "$WORK/taskrunner"
-SERVE_PID=""
+# run_taskrunner NAME: serves $WORK/NAME with $TASKRUNNER_BIN, prints the figures' JSON.
+run_taskrunner() {
+    local name="$1"
+    mkdir -p "$WORK/$name/tasks"
+    cp "$WORK/python/tasks/ok.sh" "$WORK/$name/tasks/ok.sh"
+    BENCH_RUST_LOG="${BENCH_RUST_LOG:-warn}" bench_start_server "$WORK/$name" || return 1
+    echo "taskrunner serve ($name, $TASKRUNNER_BIN): $TASKS tasks, $CONCURRENCY submitters ..." >&2
+    python3 "$BENCH_DIR/throughput_load.py" "$SERVE_URL" "$BENCH_API_KEY" "$PREFIX-$name" \
+        "$SERVE_PID" "$TASKS" "$CONCURRENCY" "$WORK/$name/data/worker-host.pid"
+    bench_log_problems "$WORK/$name/serve.log" >"$WORK/$name/problems.txt"
+    bench_cleanup "$WORK/$name"
+    SERVE_PID=""
+}
 
-python3 - "$PY" "$TR" <<'EOF2'
+BASE='null'
+if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
+    CURRENT_BIN="$TASKRUNNER_BIN"
+    TASKRUNNER_BIN="$BENCH_BASELINE_BIN"
+    BASE="$(run_taskrunner before)" || exit 1
+    TASKRUNNER_BIN="$CURRENT_BIN"
+fi
+TR="$(run_taskrunner taskrunner)" || exit 1
+
+python3 - "$PY" "$TR" "$BASE" <<'EOF2'
 import json, sys
-py, tr = (json.loads(a) for a in sys.argv[1:3])
+py, tr, base = (json.loads(a) for a in sys.argv[1:4])
 rows = [("wall time to last callback (s)", "wall_seconds"), ("submit p50 (ms)", "submit_p50_ms"),
         ("submit p99 (ms)", "submit_p99_ms"), ("server CPU (s)", "server_cpu_seconds"),
-        ("peak RSS (MiB)", "peak_rss_mib")]
-print(f"{'':32} {'thread-per-task':>16} {'taskrunner':>12} {'ratio tr/py':>12}")
+        ("peak RSS (MiB)", "peak_rss_mib"), ("worker host peak RSS (MiB)", "host_peak_rss_mib")]
+columns = [("thread-per-task", py)] + ([("before", base)] if base else []) + [("taskrunner", tr)]
+print(f"{'':32}" + "".join(f" {name:>16}" for name, _ in columns) + f" {'ratio tr/py':>12}")
 for label, key in rows:
-    ratio = tr[key] / py[key] if py[key] else float("nan")
-    print(f"{label:32} {py[key]:>16} {tr[key]:>12} {ratio:>12.2f}")
+    values = [r.get(key, 0.0) for _, r in columns]
+    ratio = tr.get(key, 0.0) / py[key] if py.get(key) else float("nan")
+    print(f"{label:32}" + "".join(f" {v:>16}" for v in values) + f" {ratio:>12.2f}")
 print(f"throughput ratio (taskrunner / thread-per-task, tasks per second): "
       f"{py['wall_seconds'] / tr['wall_seconds']:.2f}x")
-for name, r in (("thread-per-task", py), ("taskrunner", tr)):
+if base:
+    print(f"throughput ratio (before / thread-per-task): "
+          f"{py['wall_seconds'] / base['wall_seconds']:.2f}x")
+for name, r in columns:
     print(f"{name}: accepted {r['accepted']}/{r['tasks']}, answers {r['answers']}, "
           f"callbacks {r['callbacks']} ({r['unique_callbacks']} tasks) {r['callback_statuses']}")
 EOF2
-echo "$TR_LOG"
+for name in before taskrunner; do
+    [ -f "$WORK/$name/problems.txt" ] && echo "$name: $(cat "$WORK/$name/problems.txt")"
+done

@@ -2,10 +2,12 @@
 """Submits N no-op tasks from C concurrent submitters (keep-alive connections) and waits
 until every callback arrived; prints one JSON line of figures.
 
-    throughput_load.py URL API_KEY PREFIX SERVER_PID [N [C]]
+    throughput_load.py URL API_KEY PREFIX SERVER_PID [N [C [HOST_PID_FILE]]]
 
 Server CPU is the server's own user+system time plus that of its reaped children, read
-from /proc/PID/stat before and after; peak RSS is the server's VmHWM.
+from /proc/PID/stat before and after; peak RSS is the server's VmHWM. With HOST_PID_FILE
+(taskrunner's `<data>/worker-host.pid`), the worker host's CPU (its own and its reaped
+children's, the tasks) is added to the server CPU, and its peak RSS reported apart.
 """
 
 import http.client
@@ -36,6 +38,22 @@ def peak_rss_mib(pid):
     return 0.0
 
 
+def host_pid(path):
+    """The pid in the worker host's pid file, if that process runs."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def host_cpu(path):
+    pid = host_pid(path) if path else None
+    return (pid, cpu_seconds(pid)) if pid else (None, 0.0)
+
+
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -45,6 +63,7 @@ def main():
     url, api_key, prefix, pid = sys.argv[1:5]
     total = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
     concurrency = int(sys.argv[6]) if len(sys.argv) > 6 else 16
+    host_file = sys.argv[7] if len(sys.argv) > 7 else None
     target = urllib.parse.urlparse(url)
     receiver = Receiver().start()
     latencies, statuses = [], {}
@@ -76,6 +95,7 @@ def main():
         conn.close()
 
     cpu_before = cpu_seconds(pid)
+    host_before, host_cpu_before = host_cpu(host_file)
     started = time.time()
     threads = [threading.Thread(target=submitter) for _ in range(concurrency)]
     for thread in threads:
@@ -90,6 +110,9 @@ def main():
     records = receiver.snapshot()
     last = max((when for when, _, _ in records), default=submitted)
     summary = receiver.summary()
+    host, host_cpu_after = host_cpu(host_file)
+    if host != host_before:
+        host_cpu_before = 0.0  # the host started during the run
     print(json.dumps({
         "tasks": total,
         "accepted": accepted,
@@ -101,8 +124,11 @@ def main():
         "wall_seconds": round(last - started, 3),
         "submit_p50_ms": round(percentile(latencies, 50) * 1000, 2),
         "submit_p99_ms": round(percentile(latencies, 99) * 1000, 2),
-        "server_cpu_seconds": round(cpu_seconds(pid) - cpu_before, 2),
+        "server_cpu_seconds": round(
+            cpu_seconds(pid) - cpu_before + host_cpu_after - host_cpu_before, 2
+        ),
         "peak_rss_mib": round(peak_rss_mib(pid), 1),
+        "host_peak_rss_mib": round(peak_rss_mib(host), 1) if host else 0.0,
     }))
     receiver.stop()
 

@@ -164,19 +164,21 @@ enum Command {
         #[command(flatten)]
         embedded: EmbeddedArgs,
     },
-    /// (internal) Supervise one task's worker process; started by the local worker backend.
+    /// (internal) Run the local tasks of a data directory; started by the local worker
+    /// backend on demand.
     #[command(hide = true)]
-    WorkerSupervise {
-        /// The worker directory.
+    WorkerHost {
+        /// The data directory.
         #[arg(long)]
-        dir: PathBuf,
+        data_dir: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::WorkerSupervise { dir } = &cli.command {
-        return supervise(dir);
+    if let Command::WorkerHost { data_dir } = &cli.command {
+        let code = taskrunner::adapters::local::run_host(data_dir);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -226,7 +228,7 @@ fn main() -> ExitCode {
                 signature,
                 tolerance,
             } => verify::verify_callback(&body, &id, &timestamp, &signature, tolerance),
-            Command::WorkerSupervise { .. } => Ok(ExitCode::SUCCESS),
+            Command::WorkerHost { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
@@ -236,20 +238,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn supervise(dir: &std::path::Path) -> ExitCode {
-    taskrunner::adapters::local::supervisor::enter_own_session();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let code = runtime.block_on(taskrunner::adapters::local::supervise_from_stdin(dir));
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

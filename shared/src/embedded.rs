@@ -45,7 +45,7 @@ pub struct EmbeddedOptions {
     pub data_dir: PathBuf,
     /// Configuration.
     pub config: Config,
-    /// The program that supervises a task (the `taskrunner` binary).
+    /// The program started as the worker host that runs the tasks (the `taskrunner` binary).
     pub supervisor_program: PathBuf,
     /// Directory relative repository paths in requests are resolved against.
     pub base_dir: PathBuf,

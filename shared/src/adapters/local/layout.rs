@@ -1,7 +1,8 @@
 //! Where a local worker keeps its state, and the small helpers both sides use on it.
 //!
-//! The API server and the detached supervisor never talk to each other: they share a worker
-//! directory, `data_dir/workers/<task_id>/`, of small files written atomically.
+//! The API server and the worker host share a worker directory per task,
+//! `data_dir/workers/<task_id>/`, of small files written atomically: the host's messages only
+//! say that something changed, the files say what.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,15 +26,16 @@ impl WorkerDir {
         Self { dir: dir.into() }
     }
 
-    /// Created (exclusively) when a start spawns the supervisor.
+    /// Created (exclusively) when a start hands the task to the worker host; it holds the
+    /// host's pid and the task spec (secret names only), as JSON.
     pub fn start_lock(&self) -> PathBuf {
         self.dir.join("started")
     }
-    /// The supervisor's pid.
+    /// The pid of an older version's supervisor process, which ran one task.
     pub fn supervisor_pid(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
     }
-    /// The pid (= process group id) of the process the supervisor runs now.
+    /// The pid (= process group id) of the process the task's supervisor runs now.
     pub fn task_pgid(&self) -> PathBuf {
         self.dir.join("task.pgid")
     }
@@ -49,7 +51,7 @@ impl WorkerDir {
     pub fn terminate_marker(&self) -> PathBuf {
         self.dir.join("terminate.json")
     }
-    /// The task spec (secret names only), for terminate and list.
+    /// The task spec, as an older version wrote it (now in the start lock).
     pub fn spec(&self) -> PathBuf {
         self.dir.join("spec.json")
     }
@@ -60,10 +62,6 @@ impl WorkerDir {
     /// The [`crate::ports::DeliveryRecord`] of the callback the receiver accepted.
     pub fn delivery(&self) -> PathBuf {
         self.dir.join("delivered.json")
-    }
-    /// The supervisor's own stdout and stderr.
-    pub fn supervisor_log(&self) -> PathBuf {
-        self.dir.join("supervisor.log")
     }
 }
 
@@ -77,6 +75,10 @@ pub enum Phase {
     Running {
         /// Since when.
         started_at: DateTime<Utc>,
+        /// The task's process group (one file fewer than `task.pgid`, which holds the group
+        /// of the clones and of the startup script).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pgid: Option<i32>,
     },
 }
 
@@ -87,6 +89,17 @@ pub struct TerminateMarker {
     pub reason: TerminateReason,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+/// The process group of what the worker runs now: the task's (in `phase.json`) once it
+/// runs, before that the one in `task.pgid`.
+pub fn task_group(worker: &WorkerDir) -> Option<i32> {
+    match read_json::<Phase>(&worker.phase()) {
+        Some(Phase::Running {
+            pgid: Some(pgid), ..
+        }) => Some(pgid),
+        _ => read_pid(&worker.task_pgid()),
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.

@@ -3,13 +3,16 @@
 
 pub mod gate;
 pub mod git;
+pub mod host;
 pub mod layout;
 pub mod limits;
+pub mod link;
 pub mod mask;
 pub mod secrets;
 pub mod supervisor;
 pub mod tokens;
 pub mod worker;
+pub mod workspace;
 
-pub use supervisor::supervise_from_stdin;
+pub use host::run_host;
 pub use worker::{LocalWorker, LocalWorkerConfig};

@@ -1,14 +1,13 @@
-//! The supervisor: the detached process that runs one task and records how it ended.
+//! The supervisor: what runs one task inside the worker host ([`super::host`]) and records
+//! how it ended.
 //!
-//! It is started by [`super::worker::LocalWorker::start`] as `taskrunner worker-supervise
-//! --dir <worker dir>` in its own session, so it outlives a crash or restart of the API server.
-//! It gets its input (the spec and the secret values) through its stdin pipe only, clones
+//! It gets its input (the spec and the secret values) from the host's socket only, clones
 //! the repositories, runs the startup script and the task, masks secret values in the log,
-//! enforces the timeout, stops the task on SIGTERM, and writes `end.json`.
+//! enforces the timeout, stops the task when told to, and writes `end.json`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -17,16 +16,16 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::git::{RepoClone, error_line};
 use super::layout::{
-    KILL_GRACE, Phase, TerminateMarker, WorkerDir, read_json, read_pid, signal_ok, write_json,
-    write_pid,
+    KILL_GRACE, Phase, TerminateMarker, WorkerDir, read_json, signal_ok, write_json, write_pid,
 };
 use super::limits::Limits;
 use super::mask::{LineMasker, Masker};
+use super::workspace;
 use crate::ports::{Outcome, TaskEnd, TerminateReason};
 use crate::secret::Secret;
 use crate::task::{Interpreter, TaskSpec};
@@ -34,8 +33,8 @@ use crate::task::{Interpreter, TaskSpec};
 /// Environment variables of the supervisor that the task inherits; everything else is dropped.
 const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "USER"];
 
-/// A secret value on its way to the supervisor: the only place a [`Secret`] is serialized,
-/// and only into the supervisor's stdin pipe.
+/// A secret value on its way to the worker host: the only place a [`Secret`] is serialized,
+/// and only into the host's socket (owner-only, in the data directory).
 #[derive(Clone, Debug, Deserialize)]
 pub struct PipedSecret(pub Secret);
 
@@ -54,7 +53,7 @@ pub struct TaskSecret {
     pub value: PipedSecret,
 }
 
-/// What the supervisor reads from its stdin, as JSON.
+/// What a task's supervisor gets from the API server (through the worker host), as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SupervisorInput {
     /// The task.
@@ -77,78 +76,31 @@ pub struct SupervisorInput {
     pub env: BTreeMap<String, String>,
 }
 
-/// The body of `taskrunner worker-supervise --dir DIR`: reads the [`SupervisorInput`] JSON
-/// from stdin, runs the task, and returns the process exit code (0 once `end.json` is written).
-///
-/// Call it inside a tokio runtime with all drivers enabled (it waits on SIGTERM and timers).
-pub async fn supervise_from_stdin(dir: &Path) -> i32 {
-    let read = tokio::task::spawn_blocking(|| {
-        let mut raw = Vec::new();
-        std::io::stdin().read_to_end(&mut raw).map(|_| raw)
-    })
-    .await;
-    let input = match read {
-        Ok(Ok(raw)) => serde_json::from_slice::<SupervisorInput>(&raw).map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match input {
-        Ok(input) => supervise(dir, input).await,
-        Err(error) => {
-            let end = ended(
-                Outcome::Error,
-                None,
-                format!("the worker supervisor got no valid input on stdin: {error}"),
-                None,
-            );
-            record_end(&WorkerDir::new(dir), &end)
-        }
-    }
-}
-
-/// Runs the task described by `input`, keeping its state in the worker directory `dir`.
-/// Returns the process exit code: 0 once `end.json` is written.
-pub async fn supervise(dir: &Path, input: SupervisorInput) -> i32 {
-    let worker = WorkerDir::new(dir);
+/// Runs the task described by `input` in the worker directory `worker` until it ends, or
+/// until `stop` turns true (a terminate, or the host's own SIGTERM; the terminate marker, if
+/// any, says which), and writes its `end.json`.
+pub async fn supervise(
+    worker: WorkerDir,
+    input: SupervisorInput,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let deadline = Instant::now() + std::time::Duration::from_secs(input.spec.timeout_seconds);
-    // The server writes our pid right after starting us; writing it again (a new file and
-    // a rename) is only needed when the server died before it could.
-    let own = std::process::id();
-    let known =
-        read_pid(&worker.supervisor_pid()).is_some_and(|pid| i64::from(pid) == i64::from(own));
-    if !known && let Err(error) = write_pid(&worker.supervisor_pid(), own) {
-        eprintln!(
-            "cannot write {}: {error}",
-            worker.supervisor_pid().display()
-        );
-    }
-    become_subreaper();
-    let end = match Supervisor::new(worker.clone(), &input, deadline) {
+    let end = match Supervisor::new(worker.clone(), &input, deadline, stop) {
         Ok(mut supervisor) => supervisor.run().await,
         Err(reason) => ended(Outcome::Error, None, reason, None),
     };
-    record_end(&worker, &end)
+    write_json(&worker.end(), &end)
 }
 
-fn record_end(worker: &WorkerDir, end: &TaskEnd) -> i32 {
-    match write_json(&worker.end(), end) {
-        Ok(()) => 0,
-        Err(error) => {
-            eprintln!("cannot write {}: {error}", worker.end().display());
-            1
-        }
-    }
-}
-
-/// Puts the supervisor in a session of its own, so that the server's terminal, its signals
-/// and its death do not reach the task. Call it first thing in the supervisor process:
+/// Puts the worker host in a session of its own, so that the server's terminal, its signals
+/// and its death do not reach the tasks. Call it first thing in the host process:
 /// [`super::worker::LocalWorker`] starts it without a pre_exec hook (so with posix_spawn),
 /// hence not as a group leader, and setsid succeeds.
 pub fn enter_own_session() {
     // SAFETY: setsid only changes this process's session; it touches no memory.
     if unsafe { libc::setsid() } < 0 {
         eprintln!(
-            "warning: the worker supervisor cannot start a session of its own: {}",
+            "warning: the worker host cannot start a session of its own: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -156,7 +108,7 @@ pub fn enter_own_session() {
 
 /// Makes orphaned descendants of the task our children, so that we can reap them and their
 /// process group really disappears even where PID 1 does not reap.
-fn become_subreaper() {
+pub fn become_subreaper() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag on this process.
     unsafe {
@@ -197,7 +149,7 @@ struct Supervisor<'a> {
     masker: Masker,
     log: Arc<Mutex<File>>,
     deadline: Instant,
-    sigterm: Signal,
+    stop: watch::Receiver<bool>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -205,9 +157,8 @@ impl<'a> Supervisor<'a> {
         worker: WorkerDir,
         input: &'a SupervisorInput,
         deadline: Instant,
+        stop: watch::Receiver<bool>,
     ) -> Result<Self, String> {
-        let sigterm = signal(SignalKind::terminate())
-            .map_err(|e| format!("the worker supervisor cannot watch SIGTERM: {e}"))?;
         if let Some(logs) = input.log_file.parent() {
             std::fs::create_dir_all(logs)
                 .map_err(|e| format!("cannot create the log directory {}: {e}", logs.display()))?;
@@ -228,7 +179,7 @@ impl<'a> Supervisor<'a> {
             masker: Masker::new(secrets),
             log: Arc::new(Mutex::new(log)),
             deadline,
-            sigterm,
+            stop,
         })
     }
 
@@ -236,9 +187,18 @@ impl<'a> Supervisor<'a> {
         if let Some(marker) = read_json::<TerminateMarker>(&self.worker.terminate_marker()) {
             return end_for_marker(Some(marker.reason), None);
         }
-        let _ = write_json(&self.worker.phase(), &Phase::Preparing);
+        let spec = &self.input.spec;
+        // Only a phase that lasts: each write of phase.json is a new file and a rename.
+        if !spec.git.is_empty() || spec.startup_script.is_some() {
+            let _ = write_json(&self.worker.phase(), &Phase::Preparing);
+        }
         let workspace = &self.input.workspace;
-        if let Err(e) = std::fs::create_dir_all(workspace.join(".tmp")) {
+        let with_tasks = self
+            .input
+            .tasks_dir
+            .as_ref()
+            .is_some_and(|dir| dir.join(spec.task_file.as_str()).is_file());
+        if let Err(e) = workspace::create(workspace, with_tasks) {
             let reason = format!("cannot create the workspace {}: {e}", workspace.display());
             return ended(Outcome::Error, None, reason, None);
         }
@@ -281,7 +241,7 @@ impl<'a> Supervisor<'a> {
                 source.local_path
             ));
             for step in clone.steps(&destination) {
-                match self.run_logged(clone.command(&step), None).await {
+                match self.run_logged(clone.command(&step), None, None).await {
                     Ok(exited) if exited.status.success() => {}
                     Ok(exited) => return Err(fail(clone.failure(&error_line(&exited.tail)))),
                     Err(stop) => return Err(self.stopped(stop, None)),
@@ -300,7 +260,7 @@ impl<'a> Supervisor<'a> {
         if let Some(tasks_dir) = &input.tasks_dir {
             let candidate = tasks_dir.join(name);
             if candidate.is_file() {
-                let copy = input.workspace.join("tasks");
+                let copy = input.workspace.join(workspace::TASKS);
                 copy_dir(tasks_dir, &copy).map_err(|e| {
                     format!(
                         "cannot copy the tasks directory {} into the workspace: {e}",
@@ -344,7 +304,7 @@ impl<'a> Supervisor<'a> {
             .arg(script)
             .current_dir(&self.input.workspace);
         self.task_env(&mut command);
-        match self.run_logged(command, Some(self.limits())).await {
+        match self.run_logged(command, Some(self.limits()), None).await {
             Ok(exited) if exited.status.success() => Ok(()),
             Ok(exited) => Err(ended(
                 Outcome::Error,
@@ -368,9 +328,11 @@ impl<'a> Supervisor<'a> {
         command.arg(file).current_dir(root);
         self.task_env(&mut command);
         let started_at = Utc::now();
-        let _ = write_json(&self.worker.phase(), &Phase::Running { started_at });
         self.note(&format!("running {}", self.input.spec.task_file));
-        match self.run_logged(command, Some(self.limits())).await {
+        match self
+            .run_logged(command, Some(self.limits()), Some(started_at))
+            .await
+        {
             Ok(exited) => {
                 let status = exited.status;
                 let (outcome, reason) = match status.code() {
@@ -415,7 +377,7 @@ impl<'a> Supervisor<'a> {
         }
         command
             .env("HOME", &input.workspace)
-            .env("TMPDIR", input.workspace.join(".tmp"))
+            .env("TMPDIR", input.workspace.join(workspace::TMP))
             .env("PYTHONUNBUFFERED", "1")
             .envs(&spec.env)
             .envs(&input.env);
@@ -445,7 +407,7 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// The end of a task stopped by the timeout or by SIGTERM.
+    /// The end of a task stopped by the timeout or by a stop.
     fn stopped(&self, stop: Stop, started_at: Option<DateTime<Utc>>) -> TaskEnd {
         match stop {
             Stop::Timeout => {
@@ -468,11 +430,14 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Runs `command` in its own process group, its output masked into the log, until it
-    /// exits, the deadline passes, or SIGTERM arrives (then its group is stopped).
+    /// exits, the deadline passes, or a stop arrives (then its group is stopped). With
+    /// `running` (the task itself, not a clone or the startup script), the group is recorded
+    /// with the running phase.
     async fn run_logged(
         &mut self,
         mut command: Command,
         limits: Option<Limits>,
+        running: Option<DateTime<Utc>>,
     ) -> Result<Exited, Stop> {
         let (reader, writer) = match pipe() {
             Ok(ends) => ends,
@@ -499,15 +464,25 @@ impl<'a> Supervisor<'a> {
             .stderr(Stdio::from(stderr))
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(limits) = limits {
+        // Only with a limit to apply: without a pre_exec hook the child is started with
+        // posix_spawn instead of fork.
+        if let Some(limits) = limits.filter(|l| l.cpus > 0 || l.memory_mib > 0) {
             // SAFETY: Limits::apply makes only system calls, safe between fork and exec.
             unsafe {
                 command.pre_exec(move || limits.apply());
             }
         }
-        let spawned = command.spawn();
-        // Our copies of the pipe's write end must go, or the reader never sees the end.
-        drop(command);
+        // Off the event loop: with a pre_exec hook, spawn waits until the forked child has
+        // exec'd, which takes as long as the child waits for the CPU it is pinned to, and
+        // the host's other tasks must not wait with it.
+        let spawned = tokio::task::spawn_blocking(move || {
+            let spawned = command.spawn();
+            // Our copies of the pipe's write end must go, or the reader never sees the end.
+            drop(command);
+            spawned
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -520,16 +495,26 @@ impl<'a> Supervisor<'a> {
             }
         };
         let pgid = child.id().map_or(0, |id| id as i32);
-        let _ = write_pid(&self.worker.task_pgid(), pgid as u32);
+        let _ = match running {
+            Some(started_at) => {
+                let phase = Phase::Running {
+                    started_at,
+                    pgid: Some(pgid),
+                };
+                write_json(&self.worker.phase(), &phase)
+            }
+            None => write_pid(&self.worker.task_pgid(), pgid as u32),
+        };
         let pump = pump_output(
             reader,
             LineMasker::new(self.masker.clone()),
             self.log.clone(),
         );
 
+        let mut stop = self.stop.clone();
         let result = tokio::select! {
             biased;
-            _ = self.sigterm.recv() => Err(Stop::Terminated),
+            _ = stop.wait_for(|stop| *stop) => Err(Stop::Terminated),
             _ = tokio::time::sleep_until(self.deadline) => Err(Stop::Timeout),
             status = child.wait() => match status {
                 // `terminate` signals the group too: its marker tells a cancel from an exit.
@@ -604,16 +589,17 @@ async fn reap_group(pgid: i32) {
     }
 }
 
-/// Reads the pipe in a thread, masks line by line, appends to the log; gives back the last
-/// lines of output (masked) at the end of the stream.
+/// Reads the pipe, masks line by line, appends to the log; gives back the last lines of
+/// output (masked) at the end of the stream.
 fn pump_output(
     reader: OwnedFd,
     mut masker: LineMasker,
     log: Arc<Mutex<File>>,
 ) -> tokio::sync::oneshot::Receiver<String> {
     let (done, receiver) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut reader = File::from(reader);
+    // On the event loop, not a thread per task: the host runs many tasks at once.
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
         let mut tail: VecDeque<u8> = VecDeque::new();
         let mut buf = [0u8; 8192];
         let write = |bytes: &[u8], tail: &mut VecDeque<u8>| {
@@ -628,13 +614,19 @@ fn pump_output(
                 tail.pop_front();
             }
         };
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => write(&masker.push(&buf[..n]), &mut tail),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(reader) {
+            Ok(mut reader) => loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => write(&masker.push(&buf[..n]), &mut tail),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            },
+            Err(e) => write(
+                format!("cannot read the output: {e}\n").as_bytes(),
+                &mut tail,
+            ),
         }
         write(&masker.finish(), &mut tail);
         let tail: Vec<u8> = tail.into();

@@ -1,25 +1,25 @@
 //! `LocalWorker`: the embedded mode's [`WorkerBackend`], a task as a local process.
 //!
-//! Each task runs under a detached supervisor ([`super::supervisor`]) in its own session, so it
-//! survives a crash or restart of the API server. The two sides share only the worker
-//! directory `data_dir/workers/<task_id>/`; the workspace is `data_dir/workspaces/<task_id>/`
-//! and the log `data_dir/logs/<task_id>.log`.
+//! Each task runs in the data directory's worker host ([`super::host`]), a detached process in
+//! its own session, so it survives a crash or restart of the API server. The server sends the
+//! host starts and stops over its socket ([`super::link`]); everything else the two sides
+//! share is the worker directory `data_dir/workers/<task_id>/`. The workspace is
+//! `data_dir/workspaces/<task_id>/` and the log `data_dir/logs/<task_id>.log`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
+use super::host::{HOST_PID_FILE, ToHost};
 use super::layout::{
     KILL_GRACE, Phase, TerminateMarker, WorkerDir, group_exists, process_exists, read_json,
-    read_pid, signal_ok, write_json,
+    read_pid, signal_ok, task_group, write_json,
 };
+use super::link::{Connection, HostLink, LostHook};
 use super::supervisor::{PipedSecret, SupervisorInput, TaskSecret};
 use crate::auth::task_token::TaskTokens;
 use crate::ports::{
@@ -46,9 +46,9 @@ pub struct LocalWorkerConfig {
     pub data_dir: PathBuf,
     /// The deployment's tasks directory, searched first for the task file.
     pub tasks_dir: Option<PathBuf>,
-    /// The program run as the supervisor (the `taskrunner` binary).
+    /// The program started as the worker host (the `taskrunner` binary).
     pub supervisor_program: PathBuf,
-    /// Its arguments before `--dir <worker dir>` (default `["worker-supervise"]`).
+    /// Its arguments before `--data-dir <data dir>` (default `["worker-host"]`).
     pub supervisor_args: Vec<String>,
     /// How long the workspace of a task with `terminate_on_completion: false` is kept after
     /// the task ends (default one hour).
@@ -64,16 +64,17 @@ impl LocalWorkerConfig {
             data_dir: data_dir.into(),
             tasks_dir: None,
             supervisor_program: supervisor_program.into(),
-            supervisor_args: vec!["worker-supervise".to_owned()],
+            supervisor_args: vec!["worker-host".to_owned()],
             keep_workspace_for: Duration::from_secs(3600),
             python: "python3".to_owned(),
         }
     }
 }
 
-/// Runs tasks as local processes under detached supervisors.
+/// Runs tasks as local processes in the detached worker host.
 pub struct LocalWorker {
     config: LocalWorkerConfig,
+    host: HostLink,
     secrets: Arc<dyn SecretStore>,
     on_end: Option<TaskEndHook>,
     tokens: TaskTokens,
@@ -87,6 +88,11 @@ impl LocalWorker {
     /// A backend over `config`, reading secret values from `secrets`.
     pub fn new(config: LocalWorkerConfig, secrets: Arc<dyn SecretStore>) -> Self {
         Self {
+            host: HostLink::new(
+                &config.data_dir,
+                &config.supervisor_program,
+                &config.supervisor_args,
+            ),
             config,
             tokens: TaskTokens::new(Arc::clone(&secrets)),
             secrets,
@@ -136,41 +142,43 @@ impl LocalWorker {
         self.on_end = Some(hook);
     }
 
-    /// After a restart: watches the workers whose task has not ended (their supervisors are
-    /// no longer our children) and calls the end hook when they end. Needs a tokio runtime.
+    /// After a restart: watches the workers whose task has not ended (the host's messages
+    /// went to the previous server) and calls the end hook when they end. Needs a tokio
+    /// runtime.
     pub fn reattach(&self) {
-        let Some(hook) = self.on_end.clone() else {
-            return;
-        };
-        let mut watched: Vec<(String, WorkerDir)> = self
-            .worker_ids()
-            .into_iter()
-            .map(|id| {
-                let dir = self.worker_dir(&id);
-                (id, dir)
-            })
-            .filter(|(_, dir)| dir.start_lock().exists() && !dir.end().exists())
-            .collect();
-        if watched.is_empty() {
-            return;
+        if let Some(hook) = self.on_end.clone() {
+            watch_unended(&self.config.data_dir, hook);
         }
-        tokio::spawn(async move {
-            while !watched.is_empty() {
-                tokio::time::sleep(REATTACH_POLL).await;
-                watched.retain(|(id, dir)| {
-                    let alive = read_pid(&dir.supervisor_pid()).is_some_and(process_exists);
-                    let over = dir.end().exists() || !alive;
-                    if over {
-                        hook(id);
-                    }
-                    !over
-                });
+    }
+
+    /// The connection to the worker host, which is started if none runs.
+    async fn host(&self) -> Result<Connection, PortError> {
+        let on_end = self
+            .on_end
+            .clone()
+            .unwrap_or_else(|| Arc::new(|_: &str| {}));
+        // Lost: the host died, so its tasks end as vanished; wake the ones not ended yet.
+        let on_lost: LostHook = match self.on_end.clone() {
+            Some(hook) => {
+                let data_dir = self.config.data_dir.clone();
+                Arc::new(move || watch_unended(&data_dir, hook.clone()))
             }
-        });
+            None => Arc::new(|| {}),
+        };
+        self.host
+            .connection(on_end, on_lost)
+            .await
+            .map_err(PortError::Transient)
+    }
+
+    /// Whether `pid` is the data directory's worker host (the one that holds its lock now,
+    /// or held it last).
+    fn is_host(&self, pid: i32) -> bool {
+        read_pid(&self.config.data_dir.join(HOST_PID_FILE)) == Some(pid)
     }
 
     fn worker_dir(&self, task_id: &str) -> WorkerDir {
-        WorkerDir::new(self.config.data_dir.join("workers").join(task_id))
+        worker_dir(&self.config.data_dir, task_id)
     }
 
     fn workspace(&self, task_id: &str) -> PathBuf {
@@ -186,16 +194,7 @@ impl LocalWorker {
 
     /// The task ids that have a worker directory.
     fn worker_ids(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("workers")) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|id| TaskId::parse(id).is_ok())
-            .collect();
-        ids.sort();
-        ids
+        worker_ids(&self.config.data_dir)
     }
 
     /// The task id of a handle of ours, or why it is not one.
@@ -246,72 +245,65 @@ impl LocalWorker {
         })
     }
 
-    /// Spawns the supervisor in its own session and hands it its input through stdin.
-    async fn spawn_supervisor(
+    /// Hands the task to the worker host, whose pid the start lock holds.
+    async fn hand_to_host(
         &self,
         worker: &WorkerDir,
-        input: &SupervisorInput,
-    ) -> Result<(), String> {
-        let output = std::fs::File::create(worker.supervisor_log())
-            .map_err(|e| format!("cannot create {}: {e}", worker.supervisor_log().display()))?;
-        let errors = output.try_clone().map_err(|e| e.to_string())?;
-        let mut command = Command::new(&self.config.supervisor_program);
-        command
-            .args(&self.config.supervisor_args)
-            .arg("--dir")
-            .arg(&worker.dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(output))
-            .stderr(Stdio::from(errors));
-        // No pre_exec hook: without one the child is started with posix_spawn (vfork-like),
-        // not fork, which would copy the server's page tables and make it take a
-        // copy-on-write fault for every page it touches afterwards. The supervisor puts
-        // itself in its own session first thing (`worker-supervise` calls `setsid`).
-        let mut child = command.spawn().map_err(|e| {
-            format!(
-                "cannot start the worker supervisor {}: {e}",
-                self.config.supervisor_program.display()
-            )
-        })?;
-        if let Some(pid) = child.id() {
-            let _ = super::layout::write_pid(&worker.supervisor_pid(), pid);
+        input: SupervisorInput,
+        host: Connection,
+    ) -> Result<(), PortError> {
+        let message = ToHost::Start {
+            input: Box::new(input),
+        };
+        if host.send(&message) {
+            return Ok(());
         }
-        let payload = serde_json::to_vec(input).map_err(|e| e.to_string())?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A supervisor that died at once shows in status; the write error adds nothing.
-            let _ = stdin.write_all(&payload).await;
-            let _ = stdin.shutdown().await;
+        // The connection closed just now: once more, with a new host (and its pid).
+        let host = self.host().await?;
+        if let Some(mut record) = read_json::<StartRecord>(&worker.start_lock()) {
+            record.pid = host.pid;
+            write_json(&worker.start_lock(), &record)
+                .map_err(|e| io_error("write", &worker.start_lock(), e))?;
         }
-        let hook = self.on_end.clone();
-        let task_id = input.spec.task_id.to_string();
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-            if let Some(hook) = hook {
-                hook(&task_id);
-            }
-        });
-        Ok(())
+        if host.send(&message) {
+            return Ok(());
+        }
+        Err(PortError::Transient(
+            "the worker host closed its connection".to_owned(),
+        ))
     }
 
     /// The task's process group, when it still has members.
     fn live_group(worker: &WorkerDir) -> Option<i32> {
-        read_pid(&worker.task_pgid()).filter(|pgid| group_exists(*pgid))
+        task_group(worker).filter(|pgid| group_exists(*pgid))
     }
 
-    fn live_supervisor(worker: &WorkerDir) -> Option<i32> {
-        read_pid(&worker.supervisor_pid()).filter(|pid| process_exists(*pid))
+    /// The process that runs the task and has not recorded its end: the worker host (until
+    /// `end.json` is written), or a supervisor process of an older version.
+    fn live_supervisor(&self, worker: &WorkerDir) -> Option<i32> {
+        supervisor_pid(worker)
+            .filter(|pid| process_exists(*pid))
+            .filter(|pid| !(self.is_host(*pid) && worker.end().exists()))
     }
 
     fn kept_until(worker: &WorkerDir) -> Option<DateTime<Utc>> {
         read_json(&worker.keep_until())
     }
 
-    /// SIGTERM to the supervisor and the task's group; SIGKILL to the group after the grace
-    /// period, and to the supervisor a little later (it needs a moment to write its end).
-    async fn stop_processes(worker: &WorkerDir) {
-        let supervisor = Self::live_supervisor(worker);
+    /// A stop to the host (SIGTERM to an older version's supervisor) and SIGTERM to the
+    /// task's group; SIGKILL to the group after the grace period, and to an old supervisor a
+    /// little later (it needs a moment to write its end).
+    async fn stop_processes(&self, task_id: &str, worker: &WorkerDir) {
+        let supervisor = self.live_supervisor(worker);
+        let hosted = supervisor.is_some_and(|pid| self.is_host(pid));
         let group = Self::live_group(worker);
-        if let Some(pid) = supervisor {
+        if hosted {
+            if let Ok(host) = self.host().await {
+                host.send(&ToHost::Terminate {
+                    task_id: task_id.to_owned(),
+                });
+            }
+        } else if let Some(pid) = supervisor {
             signal_ok(pid, libc::SIGTERM);
         }
         if let Some(pgid) = group {
@@ -322,7 +314,11 @@ impl LocalWorker {
         let supervisor_grace = KILL_GRACE + Duration::from_secs(2);
         let mut group_killed = false;
         loop {
-            let supervisor_alive = supervisor.is_some_and(process_exists);
+            let supervisor_alive = match supervisor {
+                Some(pid) if hosted => process_exists(pid) && !worker.end().exists(),
+                Some(pid) => process_exists(pid),
+                None => false,
+            };
             let group_alive = group.is_some_and(group_exists);
             if !supervisor_alive && !group_alive {
                 return;
@@ -335,7 +331,7 @@ impl LocalWorker {
                 group_killed = true;
             }
             if elapsed >= supervisor_grace {
-                if let Some(pid) = supervisor.filter(|_| supervisor_alive) {
+                if let Some(pid) = supervisor.filter(|_| supervisor_alive && !hosted) {
                     signal_ok(pid, libc::SIGKILL);
                 }
                 return;
@@ -343,6 +339,76 @@ impl LocalWorker {
             tokio::time::sleep(poll).await;
         }
     }
+}
+
+/// What the start lock holds: the host that runs the task and the task's spec (secret names
+/// only), in one file, as every file a task creates costs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StartRecord {
+    pid: i32,
+    spec: TaskSpec,
+}
+
+/// The pid of the process that runs the task: the worker host's, from the start lock; an
+/// older version's supervisor wrote its own into `supervisor.pid`.
+fn supervisor_pid(worker: &WorkerDir) -> Option<i32> {
+    read_json::<StartRecord>(&worker.start_lock())
+        .map(|record| record.pid)
+        .or_else(|| read_pid(&worker.supervisor_pid()))
+}
+
+/// The spec of a started task (an older version wrote `spec.json`).
+fn started_spec(worker: &WorkerDir) -> Option<TaskSpec> {
+    read_json::<StartRecord>(&worker.start_lock())
+        .map(|record| record.spec)
+        .or_else(|| read_json(&worker.spec()))
+}
+
+fn worker_dir(data_dir: &Path, task_id: &str) -> WorkerDir {
+    WorkerDir::new(data_dir.join("workers").join(task_id))
+}
+
+/// The task ids that have a worker directory.
+fn worker_ids(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("workers")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| TaskId::parse(id).is_ok())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Watches the workers that were started and have not recorded an end, and calls `hook`
+/// for each once it has ended or its supervisor (the host) is gone.
+fn watch_unended(data_dir: &Path, hook: TaskEndHook) {
+    let mut watched: Vec<(String, WorkerDir)> = worker_ids(data_dir)
+        .into_iter()
+        .map(|id| {
+            let dir = worker_dir(data_dir, &id);
+            (id, dir)
+        })
+        .filter(|(_, dir)| dir.start_lock().exists() && !dir.end().exists())
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        while !watched.is_empty() {
+            tokio::time::sleep(REATTACH_POLL).await;
+            watched.retain(|(id, dir)| {
+                let alive = supervisor_pid(dir).is_some_and(process_exists);
+                let over = dir.end().exists() || !alive;
+                if over {
+                    hook(id);
+                }
+                !over
+            });
+        }
+    });
 }
 
 /// What the files of a worker say about its task.
@@ -357,13 +423,13 @@ fn task_phase(worker: &WorkerDir) -> TaskPhase {
             None => TaskPhase::Pending,
         };
     }
-    let Some(pid) = read_pid(&worker.supervisor_pid()) else {
+    let Some(pid) = supervisor_pid(worker) else {
         return TaskPhase::Pending;
     };
     if process_exists(pid) {
         return match read_json::<Phase>(&worker.phase()) {
             Some(Phase::Preparing) => TaskPhase::Preparing,
-            Some(Phase::Running { started_at }) => TaskPhase::Running { started_at },
+            Some(Phase::Running { started_at, .. }) => TaskPhase::Running { started_at },
             None => TaskPhase::Pending,
         };
     }
@@ -372,7 +438,7 @@ fn task_phase(worker: &WorkerDir) -> TaskPhase {
         return TaskPhase::Ended(end);
     }
     let started_at = match read_json::<Phase>(&worker.phase()) {
-        Some(Phase::Running { started_at }) => Some(started_at),
+        Some(Phase::Running { started_at, .. }) => Some(started_at),
         _ => None,
     };
     let finished_at = Utc::now();
@@ -451,13 +517,23 @@ impl WorkerBackend for LocalWorker {
         task_secrets.extend(token);
         std::fs::create_dir_all(&worker.dir)
             .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
-        // The lock makes concurrent starts of one task start one supervisor.
+        let host = self.host().await?;
+        let record = serde_json::to_vec(&StartRecord {
+            pid: host.pid,
+            spec: spec.clone(),
+        })
+        .map_err(|e| PortError::Permanent(e.to_string()))?;
+        // The lock makes concurrent starts of one task start it once.
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(worker.start_lock())
         {
-            Ok(_) => {}
+            Ok(mut lock) => {
+                use std::io::Write;
+                lock.write_all(&record)
+                    .map_err(|e| io_error("write", &worker.start_lock(), e))?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(handle),
             Err(e) => return Err(io_error("create", &worker.start_lock(), e)),
         }
@@ -465,7 +541,6 @@ impl WorkerBackend for LocalWorker {
         if worker.terminate_marker().exists() {
             return Ok(handle);
         }
-        write_json(&worker.spec(), spec).map_err(|e| io_error("write", &worker.spec(), e))?;
         let input = SupervisorInput {
             spec: spec.clone(),
             task_secrets,
@@ -476,10 +551,9 @@ impl WorkerBackend for LocalWorker {
             log_file: self.log_file(task_id),
             env,
         };
-        if let Err(reason) = self.spawn_supervisor(&worker, &input).await {
+        if let Err(error) = self.hand_to_host(&worker, input, host).await {
             let _ = std::fs::remove_file(worker.start_lock());
-            let _ = std::fs::remove_file(worker.supervisor_pid());
-            return Err(PortError::Transient(reason));
+            return Err(error);
         }
         Ok(handle)
     }
@@ -488,11 +562,10 @@ impl WorkerBackend for LocalWorker {
         let task_id = Self::task_id_of(handle)?;
         let worker = self.worker_dir(&task_id);
         let task = task_phase(&worker);
-        let kept = read_json::<TaskSpec>(&worker.spec())
-            .is_some_and(|spec| !spec.terminate_on_completion)
+        let kept = started_spec(&worker).is_some_and(|spec| !spec.terminate_on_completion)
             && self.workspace(&task_id).exists();
         let worker_alive =
-            Self::live_supervisor(&worker).is_some() || Self::live_group(&worker).is_some() || kept;
+            self.live_supervisor(&worker).is_some() || Self::live_group(&worker).is_some() || kept;
         Ok(WorkerStatus { task, worker_alive })
     }
 
@@ -520,7 +593,9 @@ impl WorkerBackend for LocalWorker {
         let worker = self.worker_dir(&task_id);
         std::fs::create_dir_all(&worker.dir)
             .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
-        if !worker.terminate_marker().exists() {
+        // A task that ended needs no marker to be told from a cancel: end.json says.
+        let ended = reason == TerminateReason::Completed && worker.end().exists();
+        if !ended && !worker.terminate_marker().exists() {
             let marker = TerminateMarker {
                 reason,
                 at: Utc::now(),
@@ -529,7 +604,7 @@ impl WorkerBackend for LocalWorker {
                 .map_err(|e| io_error("write", &worker.terminate_marker(), e))?;
         }
         let keep = reason == TerminateReason::Completed
-            && read_json::<TaskSpec>(&worker.spec()).is_some_and(|s| !s.terminate_on_completion);
+            && started_spec(&worker).is_some_and(|s| !s.terminate_on_completion);
         let workspace = self.workspace(&task_id);
         if keep {
             if Self::kept_until(&worker).is_none() {
@@ -542,12 +617,9 @@ impl WorkerBackend for LocalWorker {
             }
             return Ok(());
         }
-        Self::stop_processes(&worker).await;
-        match std::fs::remove_dir_all(&workspace) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove the workspace", &workspace, e)),
-        }
+        self.stop_processes(&task_id, &worker).await;
+        super::workspace::remove(&workspace)
+            .map_err(|e| io_error("remove the workspace", &workspace, e))?;
         let _ = std::fs::remove_file(worker.keep_until());
         Ok(())
     }
@@ -563,7 +635,7 @@ impl WorkerBackend for LocalWorker {
         let mut workers = Vec::new();
         for task_id in self.worker_ids() {
             let worker = self.worker_dir(&task_id);
-            let holds_resources = Self::live_supervisor(&worker).is_some()
+            let holds_resources = self.live_supervisor(&worker).is_some()
                 || Self::live_group(&worker).is_some()
                 || self.workspace(&task_id).exists();
             if !holds_resources {

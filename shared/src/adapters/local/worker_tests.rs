@@ -1,4 +1,4 @@
-//! The local worker end to end: real supervisors (this test binary, run as a detached
+//! The local worker end to end: a real worker host (this test binary, run as a detached
 //! process), real git, real task processes.
 
 use std::collections::HashMap;
@@ -13,25 +13,17 @@ use super::*;
 use crate::ports::SecretEntry;
 use crate::task::{GitSource, SecretEnv, TaskFile, WorkerResources};
 
-const ENTRY: &str = "adapters::local::worker::tests::supervisor_entry";
-const DIR_VAR: &str = "TR_TEST_SUPERVISE_DIR";
+const ENTRY: &str = "adapters::local::worker::tests::host_entry";
+const DIR_VAR: &str = "TR_TEST_HOST_DATA_DIR";
 
-/// Not a test: the supervisor's `main` when this binary is started by a test below.
+/// Not a test: the worker host's `main` when this binary is started by a test below.
 #[test]
-#[ignore = "runs only as the supervisor process of the other tests"]
-fn supervisor_entry() {
+#[ignore = "runs only as the worker host process of the other tests"]
+fn host_entry() {
     let Some(dir) = std::env::var_os(DIR_VAR) else {
         return;
     };
-    crate::adapters::local::supervisor::enter_own_session();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let code = runtime.block_on(crate::adapters::local::supervise_from_stdin(Path::new(
-        &dir,
-    )));
-    std::process::exit(code);
+    std::process::exit(crate::adapters::local::run_host(Path::new(&dir)));
 }
 
 #[derive(Default)]
@@ -60,12 +52,12 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// A worker whose supervisor is this test binary; `tasks` are written to its tasks dir.
+    /// A worker whose host is this test binary; `tasks` are written to its tasks dir.
     fn new(tasks: &[(&str, &str)], secrets: &[(&str, &str)]) -> Self {
-        Self::with_supervisor_env(tasks, secrets, "")
+        Self::with_host_env(tasks, secrets, "")
     }
 
-    fn with_supervisor_env(tasks: &[(&str, &str)], secrets: &[(&str, &str)], env: &str) -> Self {
+    fn with_host_env(tasks: &[(&str, &str)], secrets: &[(&str, &str)], env: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         let tasks_dir = root.path().join("tasks");
         std::fs::create_dir_all(&tasks_dir).unwrap();
@@ -125,7 +117,7 @@ impl Fixture {
     }
 
     fn task_group(&self, task_id: &str) -> i32 {
-        read_pid(&self.data().join("workers").join(task_id).join("task.pgid")).unwrap()
+        task_group(&WorkerDir::new(self.data().join("workers").join(task_id))).unwrap()
     }
 }
 
@@ -252,13 +244,13 @@ async fn secrets_are_masked_and_the_task_sees_only_its_own_environment() {
                 print('token_in_env=' + str(any('git-token-5678' in v for v in os.environ.values())))\n\
                 print('names=' + ','.join(sorted(os.environ)))\n\
                 print('custom=' + os.environ['CUSTOM'])\n";
-    let fx = Fixture::with_supervisor_env(
+    let fx = Fixture::with_host_env(
         &[("env.py", task)],
         &[
             ("MY_TOKEN", "canary-secret-1234"),
             ("GIT_PAT", "git-token-5678"),
         ],
-        "TASKRUNNER_API_KEY=supervisor-only-key",
+        "TASKRUNNER_API_KEY=host-only-key",
     );
     let mut spec = spec("env-task", "env.py");
     spec.secrets = vec![SecretEnv {
@@ -528,6 +520,59 @@ async fn the_end_hook_fires_when_a_task_ends() {
         .await
         .unwrap();
     assert_eq!(id.as_deref(), Some("hook-task"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_share_one_host_and_a_killed_host_ends_them_as_vanished() {
+    let mut fx = Fixture::new(
+        &[
+            ("sleep.sh", "echo started\nsleep 30\n"),
+            ("ok.sh", "true\n"),
+        ],
+        &[],
+    );
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    fx.worker.on_task_end(Arc::new(move |id: &str| {
+        let _ = sender.send(id.to_owned());
+    }));
+    let mut handles = Vec::new();
+    for id in ["hosted-1", "hosted-2"] {
+        let handle = fx.worker.start(&spec(id, "sleep.sh")).await.unwrap();
+        fx.wait_for_log(&handle, "started").await;
+        handles.push(handle);
+    }
+    let host = read_pid(&fx.data().join("worker-host.pid")).unwrap();
+    for id in ["hosted-1", "hosted-2"] {
+        let worker = fx.data().join("workers").join(id);
+        assert_eq!(supervisor_pid(&WorkerDir::new(worker)), Some(host));
+    }
+    assert!(signal_ok(host, libc::SIGKILL));
+    let mut woken = Vec::new();
+    for _ in 0..2 {
+        let id = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+            .await
+            .unwrap();
+        woken.extend(id);
+    }
+    woken.sort();
+    assert_eq!(woken, ["hosted-1", "hosted-2"]);
+    for (handle, id) in handles.iter().zip(["hosted-1", "hosted-2"]) {
+        let end = fx.wait_end(handle).await;
+        assert_eq!(end.outcome, Outcome::Error, "{end:?}");
+        assert!(end.reason.unwrap().contains("vanished"));
+        // What the dead host left running goes with the terminate.
+        let pgid = fx.task_group(id);
+        fx.worker
+            .terminate(handle, TerminateReason::Completed)
+            .await
+            .unwrap();
+        assert!(!group_exists(pgid));
+    }
+    // The next task starts a new host.
+    let (end, log) = fx.run(&spec("after-host", "ok.sh")).await;
+    assert_eq!(end.outcome, Outcome::Succeeded, "{end:?}\n{log}");
+    let new_host = read_pid(&fx.data().join("worker-host.pid")).unwrap();
+    assert_ne!(new_host, host);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
