@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from receiver import Receiver  # noqa: E402
+from stats import percentile  # noqa: E402
 
 TASKS = int(os.environ.get("BENCH_TASKS", "1000"))
 SLEEP = int(os.environ.get("BENCH_SLEEP", "30"))
@@ -101,14 +102,6 @@ def measure_workers(work):
         return len(pids), rss, pss
 
     return total(hosts), total(members)
-
-
-def percentile(values, p):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def start_server(binary, work):

@@ -20,6 +20,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from receiver import Receiver  # noqa: E402
+from stats import percentile  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -52,11 +53,6 @@ def host_pid(path):
 def host_cpu(path):
     pid = host_pid(path) if path else None
     return (pid, cpu_seconds(pid)) if pid else (None, 0.0)
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def main():

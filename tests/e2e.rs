@@ -28,19 +28,7 @@ async fn callbacks_for(
     task_id: &str,
     count: usize,
 ) -> Vec<support::receiver::Received> {
-    eventually(
-        WAIT,
-        &format!("{count} callback(s) for {task_id}"),
-        async || {
-            let found: Vec<_> = receiver
-                .received()
-                .into_iter()
-                .filter(|r| r.json()["task_id"] == task_id)
-                .collect();
-            (found.len() >= count).then_some(found)
-        },
-    )
-    .await
+    receiver.callbacks_for(task_id, count, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,9 +319,7 @@ async fn a_killed_server_resumes_every_task_after_restart() {
     assert_eq!(receiver.received().len(), 1, "delivered once");
     assert_eq!(restarted.status("survivor").await["status"], "succeeded");
     // Its kept token survived the kill: the worker's end resumed the wait, not a poll.
-    let (_, history) = restarted
-        .call(reqwest::Method::GET, "/task-runner/survivor/history", None)
-        .await;
+    let history = restarted.history("survivor").await;
     assert!(!history.to_string().contains("\"PollWorker\""), "{history}");
 }
 

@@ -23,27 +23,12 @@ fn request(task_id: &str, task_file: &str, callback: &Receiver) -> Value {
 }
 
 async fn callback(receiver: &Receiver, task_id: &str) -> Value {
-    eventually(WAIT, &format!("the callback of {task_id}"), async || {
-        receiver
-            .received()
-            .into_iter()
-            .map(|r| r.json())
-            .find(|body| body["task_id"] == task_id)
-    })
-    .await
+    receiver.callbacks_for(task_id, 1, WAIT).await[0].json()
 }
 
 /// The states the task's history shows entered, in order.
 async fn states_entered(server: &Server, task_id: &str) -> Vec<String> {
-    let (status, history) = server
-        .call(
-            reqwest::Method::GET,
-            &format!("/task-runner/{task_id}/history"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{history}");
-    history["events"]
+    server.history(task_id).await["events"]
         .as_array()
         .unwrap()
         .iter()
@@ -149,10 +134,7 @@ async fn a_cancel_while_waiting_ends_the_wait_with_the_cancelled_callback() {
     let body = callback(&receiver, "queued").await;
     assert_eq!(body["status"], "cancelled", "{body}");
     assert_eq!(body["success"], false, "{body}");
-    let (_, history) = server
-        .call(reqwest::Method::GET, "/task-runner/queued/history", None)
-        .await;
-    let history = history.to_string();
+    let history = server.history("queued").await.to_string();
     assert!(history.contains("TaskRunner.Cancelled"), "{history}");
     assert!(!history.contains("\"PollWorker\""), "{history}");
 

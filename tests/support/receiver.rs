@@ -1,6 +1,7 @@
 //! A callback receiver on loopback that records what it is sent.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -67,6 +68,29 @@ impl Receiver {
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
+    }
+
+    /// The callbacks received for `task_id`, once there are at least `count`; panics after
+    /// `within`.
+    pub async fn callbacks_for(
+        &self,
+        task_id: &str,
+        count: usize,
+        within: Duration,
+    ) -> Vec<Received> {
+        super::eventually(
+            within,
+            &format!("{count} callback(s) for {task_id}"),
+            async || {
+                let found: Vec<_> = self
+                    .received()
+                    .into_iter()
+                    .filter(|r| r.json()["task_id"] == task_id)
+                    .collect();
+                (found.len() >= count).then_some(found)
+            },
+        )
+        .await
     }
 }
 

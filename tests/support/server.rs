@@ -136,6 +136,19 @@ impl Server {
         assert_eq!(status, 200, "{body}");
         body
     }
+
+    /// `GET /task-runner/{id}/history`.
+    pub async fn history(&self, task_id: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/task-runner/{task_id}/history"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
 }
 
 impl Drop for Server {
