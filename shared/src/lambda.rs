@@ -158,9 +158,12 @@ impl AwsStack {
             worker = worker.serve_tasks_at(url, Arc::clone(&secrets));
         }
         let worker: Arc<dyn WorkerBackend> = Arc::new(worker);
+        // One client per service, shared by the adapters that call it.
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        let sfn = aws_sdk_sfn::Client::new(&sdk);
         let gate = settings.task_line_table.as_ref().map(|table| {
             Arc::new(DynamoDbGate::new(
-                aws_sdk_dynamodb::Client::new(&sdk),
+                dynamodb.clone(),
                 table,
                 LineLimits {
                     max_running: config.max_running_tasks,
@@ -170,8 +173,8 @@ impl AwsStack {
         });
         let tokens: Arc<dyn TaskTokens> = match &settings.task_token_table {
             Some(table) => Arc::new(DynamoDbTaskTokens::new(
-                aws_sdk_dynamodb::Client::new(&sdk),
-                aws_sdk_sfn::Client::new(&sdk),
+                dynamodb.clone(),
+                sfn.clone(),
                 table,
             )),
             None => Arc::new(NoTokenTable),
@@ -185,12 +188,9 @@ impl AwsStack {
             callbacks: Arc::new(CallbackSender::new(callback_policy(&config)?)),
             gate,
             // The finish step lists a task's children in the state machine it is told it runs in.
-            children: {
-                let client = aws_sdk_sfn::Client::new(&sdk);
-                ChildIndex::by_state_machine(move |arn: &str| -> Arc<dyn Orchestrator> {
-                    Arc::new(StepFunctions::new(client.clone(), arn))
-                })
-            },
+            children: ChildIndex::by_state_machine(move |arn: &str| -> Arc<dyn Orchestrator> {
+                Arc::new(StepFunctions::new(sfn.clone(), arn))
+            }),
         });
         Ok(Self {
             config,
