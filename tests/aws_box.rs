@@ -22,6 +22,11 @@ const ORIGIN: &str = "https://github.com/your-org/";
 /// Long enough for moto's real-time waits, a clone and a poll cycle on two busy cores.
 const TASK_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// One scene at a time: each runs a moto, six functions and its builds. With both scenes at
+/// once, the main scenario's first task was repeatedly found by a safety-net poll instead of
+/// by its worker's event; one after the other, each scene sees only its own timing.
+static ONE_SCENE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Scene {
     aws: AwsBox,
     receiver: Receiver,
@@ -161,6 +166,7 @@ fn request(task_id: &str, task_file: &str, callback_url: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_aws_deployment_runs_the_original_clients_request_end_to_end() {
+    let _alone = ONE_SCENE.lock().await;
     let started = Instant::now();
     let scene = Scene::start().await;
     let callback_url = scene.receiver.url.clone();
@@ -447,6 +453,7 @@ async fn detection(scene: &Scene, task_id: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workers_end_resumes_its_execution_and_a_lost_event_only_delays_it() {
+    let _alone = ONE_SCENE.lock().await;
     let started = Instant::now();
     // A short safety net, so the task whose events are dropped is caught within half a
     // minute (longer than a build takes here, so no other task reaches it); a kept worker
