@@ -6,7 +6,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use tokio::process::Command;
+use super::spawn::Launch;
 
 use crate::secret::Secret;
 use crate::task::GitSource;
@@ -124,9 +124,8 @@ impl RepoClone<'_> {
 
     /// The command for one step: environment cleared but for git's needs, the token in the
     /// git process's environment only when the remote needs one.
-    pub fn command(&self, step: &GitStep) -> Command {
-        let mut command = Command::new("git");
-        command.env_clear();
+    pub fn command(&self, step: &GitStep) -> Launch {
+        let mut command = Launch::new("git");
         for name in GIT_ENV_PASSTHROUGH {
             if let Some(value) = std::env::var_os(name) {
                 command.env(name, value);
@@ -231,18 +230,16 @@ mod tests {
         assert_eq!(steps.len(), 4);
         for step in &steps {
             let command = clone.command(step);
-            let std = command.as_std();
-            let argv: Vec<String> = std
+            let argv: Vec<String> = command
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             assert!(!argv.join(" ").contains("canary-token-9876"));
             assert!(argv.contains(&"http.sslVerify=false".to_owned()));
-            let token_env = std
-                .get_envs()
-                .find(|(k, _)| *k == "TR_GIT_TOKEN")
-                .and_then(|(_, v)| v);
-            assert_eq!(token_env.unwrap(), "canary-token-9876");
+            assert_eq!(
+                command.get_env("TR_GIT_TOKEN").unwrap(),
+                "canary-token-9876"
+            );
         }
         assert_eq!(
             steps[0].args[..4],

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod link;
 pub mod mask;
 pub mod secrets;
+pub mod spawn;
 pub mod supervisor;
 pub mod tokens;
 pub mod worker;

@@ -8,14 +8,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -25,6 +24,7 @@ use super::layout::{
 };
 use super::limits::Limits;
 use super::mask::{LineMasker, Masker};
+use super::spawn::{Launch, Process, output_pipe};
 use super::workspace;
 use crate::ports::{Outcome, TaskEnd, TerminateReason};
 use crate::secret::Secret;
@@ -241,7 +241,7 @@ impl<'a> Supervisor<'a> {
                 source.local_path
             ));
             for step in clone.steps(&destination) {
-                match self.run_logged(clone.command(&step), None, None).await {
+                match self.run_logged(clone.command(&step), None).await {
                     Ok(exited) if exited.status.success() => {}
                     Ok(exited) => return Err(fail(clone.failure(&error_line(&exited.tail)))),
                     Err(stop) => return Err(self.stopped(stop, None)),
@@ -298,13 +298,14 @@ impl<'a> Supervisor<'a> {
             return Ok(());
         };
         self.note("running the startup script");
-        let mut command = Command::new("bash");
+        let mut command = Launch::new("bash");
         command
             .arg("-c")
             .arg(script)
-            .current_dir(&self.input.workspace);
+            .current_dir(&self.input.workspace)
+            .limits(self.limits());
         self.task_env(&mut command);
-        match self.run_logged(command, Some(self.limits()), None).await {
+        match self.run_logged(command, None).await {
             Ok(exited) if exited.status.success() => Ok(()),
             Ok(exited) => Err(ended(
                 Outcome::Error,
@@ -319,20 +320,17 @@ impl<'a> Supervisor<'a> {
     async fn run_task(&mut self, file: &Path, root: &Path) -> TaskEnd {
         let mut command = match self.input.spec.task_file.interpreter() {
             Interpreter::Python => {
-                let mut c = Command::new(&self.input.python);
+                let mut c = Launch::new(&self.input.python);
                 c.arg("-u");
                 c
             }
-            Interpreter::Bash => Command::new("bash"),
+            Interpreter::Bash => Launch::new("bash"),
         };
-        command.arg(file).current_dir(root);
+        command.arg(file).current_dir(root).limits(self.limits());
         self.task_env(&mut command);
         let started_at = Utc::now();
         self.note(&format!("running {}", self.input.spec.task_file));
-        match self
-            .run_logged(command, Some(self.limits()), Some(started_at))
-            .await
-        {
+        match self.run_logged(command, Some(started_at)).await {
             Ok(exited) => {
                 let status = exited.status;
                 let (outcome, reason) = match status.code() {
@@ -366,10 +364,9 @@ impl<'a> Supervisor<'a> {
     }
 
     /// The task's environment: cleared, then only what the task is meant to see.
-    fn task_env(&self, command: &mut Command) {
+    fn task_env(&self, command: &mut Launch) {
         let input = self.input;
         let spec = &input.spec;
-        command.env_clear();
         for name in INHERITED_ENV {
             if let Some(value) = std::env::var_os(name) {
                 command.env(name, value);
@@ -435,11 +432,10 @@ impl<'a> Supervisor<'a> {
     /// with the running phase.
     async fn run_logged(
         &mut self,
-        mut command: Command,
-        limits: Option<Limits>,
+        command: Launch,
         running: Option<DateTime<Utc>>,
     ) -> Result<Exited, Stop> {
-        let (reader, writer) = match pipe() {
+        let (reader, writer) = match output_pipe() {
             Ok(ends) => ends,
             Err(e) => {
                 self.note(&format!("cannot create a pipe: {e}"));
@@ -458,31 +454,13 @@ impl<'a> Supervisor<'a> {
                 });
             }
         };
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(true);
-        // Only with a limit to apply: without a pre_exec hook the child is started with
-        // posix_spawn instead of fork.
-        if let Some(limits) = limits.filter(|l| l.cpus > 0 || l.memory_mib > 0) {
-            // SAFETY: Limits::apply makes only system calls, safe between fork and exec.
-            unsafe {
-                command.pre_exec(move || limits.apply());
-            }
-        }
-        // Off the event loop: with a pre_exec hook, spawn waits until the forked child has
-        // exec'd, which takes as long as the child waits for the CPU it is pinned to, and
-        // the host's other tasks must not wait with it.
-        let spawned = tokio::task::spawn_blocking(move || {
-            let spawned = command.spawn();
-            // Our copies of the pipe's write end must go, or the reader never sees the end.
-            drop(command);
-            spawned
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // Off the event loop: spawning returns once the child has exec'd, which takes as
+        // long as the child waits for the CPU it is pinned to, and the host's other tasks
+        // must not wait with it. Our copies of the pipe's write end are closed by then, or
+        // the reader would never see the end.
+        let spawned = tokio::task::spawn_blocking(move || command.spawn(writer, stderr))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -494,7 +472,7 @@ impl<'a> Supervisor<'a> {
                 });
             }
         };
-        let pgid = child.id().map_or(0, |id| id as i32);
+        let pgid = child.id();
         let _ = match running {
             Some(started_at) => {
                 let phase = Phase::Running {
@@ -560,7 +538,7 @@ fn end_for_marker(reason: Option<TerminateReason>, started_at: Option<DateTime<U
 }
 
 /// SIGTERM to the group, SIGKILL after the grace period, then reap what is left of it.
-async fn stop_group(child: &mut Child, pgid: i32) {
+async fn stop_group(child: &mut Process, pgid: i32) {
     signal_ok(-pgid, libc::SIGTERM);
     if tokio::time::timeout(KILL_GRACE, child.wait())
         .await
@@ -578,7 +556,7 @@ async fn stop_group(child: &mut Child, pgid: i32) {
 async fn reap_group(pgid: i32) {
     for _ in 0..50 {
         let mut status = 0;
-        // SAFETY: waitpid on the group's members only; tokio has already reaped the leader.
+        // SAFETY: waitpid on the group's members only; the leader is reaped already.
         let pid = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
         if pid < 0 {
             return; // no child left in the group
@@ -633,17 +611,6 @@ fn pump_output(
         let _ = done.send(String::from_utf8_lossy(&tail).into_owned());
     });
     receiver
-}
-
-/// A close-on-exec pipe: (read end, write end).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn failed_status() -> ExitStatus {
