@@ -261,7 +261,7 @@ impl<'a> Supervisor<'a> {
             let candidate = tasks_dir.join(name);
             if candidate.is_file() {
                 let copy = input.workspace.join(workspace::TASKS);
-                copy_dir(tasks_dir, &copy).map_err(|e| {
+                workspace::sync_tasks(tasks_dir, &copy).map_err(|e| {
                     format!(
                         "cannot copy the tasks directory {} into the workspace: {e}",
                         tasks_dir.display()
@@ -626,20 +626,4 @@ fn describe(status: ExitStatus) -> String {
         (None, Some(signal)) => format!("killed by signal {signal}"),
         (None, None) => "ended for an unknown reason".to_owned(),
     }
-}
-
-/// Copies a directory tree (files and directories; links are followed).
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &target)?;
-        } else if path.is_file() {
-            std::fs::copy(&path, &target)?;
-        }
-    }
-    Ok(())
 }

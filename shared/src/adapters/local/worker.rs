@@ -618,7 +618,7 @@ impl WorkerBackend for LocalWorker {
             return Ok(());
         }
         self.stop_processes(&task_id, &worker).await;
-        super::workspace::remove(&workspace)
+        super::workspace::remove(&workspace, self.config.tasks_dir.as_deref())
             .map_err(|e| io_error("remove the workspace", &workspace, e))?;
         let _ = std::fs::remove_file(worker.keep_until());
         Ok(())
