@@ -292,11 +292,12 @@ struct ChildPlan {
 
 /// Starts the child running [`child_main`] and returns its pid once it has exec'd or exited.
 fn start_child(plan: &ChildPlan) -> io::Result<i32> {
-    let mut stack = vec![0u8; CHILD_STACK];
-    // SAFETY: the stack grows down from its end, aligned to 16 bytes; CLONE_VFORK suspends
-    // this thread until the child has exec'd or exited, so `plan` and `stack` outlive its
-    // use of them. All signals are blocked around the clone, so no handler of ours runs in
-    // the child before it has reset them.
+    // Not zeroed: nothing reads it before the child writes it.
+    let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
+    // SAFETY: the stack grows down from the end of the allocation, aligned to 16 bytes;
+    // CLONE_VFORK suspends this thread until the child has exec'd or exited, so `plan` and
+    // `stack` outlive its use of them. All signals are blocked around the clone, so no
+    // handler of ours runs in the child before it has reset them.
     unsafe {
         let top = stack.as_mut_ptr().add(CHILD_STACK) as usize & !15;
         let mut all: libc::sigset_t = std::mem::zeroed();
