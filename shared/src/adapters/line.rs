@@ -28,6 +28,13 @@ pub struct LineLimits {
     pub per_key: usize,
 }
 
+/// Whether a task with `key` is admitted whatever the line holds: without a deployment-wide
+/// limit nothing holds back a task without a key ([`decide`] always admits it), so an
+/// adapter need not read the line for it.
+pub fn admitted_whatever_the_line(limits: LineLimits, key: Option<&str>) -> bool {
+    limits.max_running.is_none() && key.is_none()
+}
+
 /// Whether `task_id`, waiting in `line` (oldest first), may run now: its turn has come when no
 /// earlier waiting task would take the room it needs.
 pub fn decide(line: &[LineEntry], task_id: &str, limits: LineLimits) -> Admission {

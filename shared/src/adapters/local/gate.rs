@@ -5,7 +5,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-use crate::adapters::line::{LineEntry, LineLimits, decide};
+use crate::adapters::line::{LineEntry, LineLimits, admitted_whatever_the_line, decide};
 use crate::ports::{Admission, ConcurrencyGate, PortError};
 use crate::sqlite::Db;
 
@@ -57,6 +57,22 @@ fn gate_error(err: rusqlite::Error) -> PortError {
 impl ConcurrencyGate for LocalGate {
     async fn admit(&self, task_id: &str, key: Option<&str>) -> Result<Admission, PortError> {
         let (task_id, key, limits) = (task_id.to_owned(), key.map(str::to_owned), self.limits);
+        if admitted_whatever_the_line(limits, key.as_deref()) {
+            // Not reading the whole line for it: with many tasks in flight that read was
+            // most of an admission.
+            return self
+                .db
+                .write_relaxed(move |tx| {
+                    tx.prepare_cached(
+                        "INSERT INTO line (task_id, key, running) VALUES (?1, NULL, 1)
+                         ON CONFLICT (task_id) DO UPDATE SET running = 1",
+                    )?
+                    .execute(params![task_id])
+                    .map(|_| Admission::Admitted)
+                })
+                .await
+                .map_err(gate_error);
+        }
         self.db
             .write_relaxed(move |tx| {
                 tx.prepare_cached("INSERT OR IGNORE INTO line (task_id, key) VALUES (?1, ?2)")?
@@ -192,6 +208,26 @@ mod tests {
             gate.admit("a2", Some("app-a")).await.unwrap(),
             Admission::Admitted
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_limit_keyless_tasks_are_admitted_and_held_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = gate(dir.path(), None);
+        assert_eq!(
+            gate.admit("k1", Some("app")).await.unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            gate.admit("k2", Some("app")).await.unwrap(),
+            Admission::Queued { ahead: 0 }
+        );
+        for task in ["x", "y", "x"] {
+            assert_eq!(gate.admit(task, None).await.unwrap(), Admission::Admitted);
+        }
+        assert_eq!(gate.holders().await.unwrap(), vec!["k1", "k2", "x", "y"]);
+        gate.release("x").await.unwrap();
+        assert_eq!(gate.holders().await.unwrap(), vec!["k1", "k2", "y"]);
     }
 
     #[tokio::test]
