@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
-use super::{NewEvent, Store, Update, append_events, apply_update, from_ms, ms, parse_json};
+use super::{NewEvent, Store, Update, append_events, apply_updates, from_ms, ms, parse_json};
 use crate::engine::error::EngineError;
 
 pub(super) const SCHEMA: &str = "
@@ -101,9 +101,10 @@ fn parse_answer(text: &str) -> Result<Answer, EngineError> {
     }
 }
 
-/// Closes the wait of `name`: its state is being left (or the execution ends).
+/// Closes the wait of `name`: its state is being left (or the execution ends). A closed
+/// wait is not rewritten (every transition calls this).
 pub(super) fn close(tx: &Connection, name: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE waits SET closed = 1 WHERE execution = ?1")?
+    tx.prepare_cached("UPDATE waits SET closed = 1 WHERE execution = ?1 AND closed = 0")?
         .execute([name])?;
     Ok(())
 }
@@ -135,23 +136,25 @@ fn read_wait(conn: &Connection, name: &str) -> rusqlite::Result<Option<WaitRow>>
 }
 
 impl Store {
-    /// Starts a token attempt at `version`: the attempt's events and its open wait, in one
-    /// transaction (replacing the execution's previous wait). The new version, or `None`
-    /// when the execution moved on. Relaxed: an attempt lost to a power cut runs again.
+    /// Starts a token attempt at `version`: `updates` (the last of them the attempt, as in
+    /// [`Store::apply`]), the events and the attempt's open wait, in one transaction
+    /// (replacing the execution's previous wait). The new version, or `None` when the
+    /// execution moved on. Relaxed: an attempt lost to a power cut runs again.
     pub async fn begin_wait(
         &self,
         name: &str,
         version: i64,
+        updates: &[Update],
         events: &[NewEvent],
         wait: NewWait,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, EngineError> {
-        let (name, events) = (name.to_owned(), events.to_vec());
+        let (name, updates, events) = (name.to_owned(), updates.to_vec(), events.to_vec());
         self.db
             .write_relaxed(move |tx| {
-                if apply_update(tx, &name, version, &Update::Attempt, now)? == 0 {
+                let Some(version) = apply_updates(tx, &name, version, &updates, now)? else {
                     return Ok(None);
-                }
+                };
                 append_events(tx, &name, &events, now)?;
                 let heartbeat_at = wait.heartbeat_seconds.map(|seconds| {
                     now + chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
@@ -168,7 +171,7 @@ impl Store {
                         .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
                     heartbeat_at.map(ms)
                 ])?;
-                Ok(Some(version + 1))
+                Ok(Some(version))
             })
             .await
     }
