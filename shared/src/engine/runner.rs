@@ -24,6 +24,16 @@ struct Step {
     events: Vec<NewEvent>,
 }
 
+/// What taking a step came to.
+enum Taken {
+    /// A step to write.
+    Step(Step),
+    /// The step wrote the execution's wake-up time itself, at the same version.
+    Sleeps(DateTime<Utc>),
+    /// The step wrote the execution otherwise, or found it moved on: read it back.
+    Moved,
+}
+
 /// At most this many steps wait in memory to be written together (a definition may loop
 /// through Pass and Choice states alone).
 const MAX_PENDING: usize = 64;
@@ -43,25 +53,33 @@ struct Run<'a> {
     events: Vec<NewEvent>,
     /// When the first pending step was taken: the pending steps are written at that time.
     since: Option<DateTime<Utc>>,
+    /// The execution's wait, read with the cursor; `None` once a step was taken since.
+    wait: Option<Option<Wait>>,
 }
 
 impl<'a> Run<'a> {
     /// Reads where execution `name` is; `None` when it does not exist.
     async fn read(engine: &'a Engine, name: &'a str) -> Result<Option<Self>, EngineError> {
-        Ok(engine.store.cursor(name).await?.map(|cursor| Self {
-            engine,
-            name,
-            written: cursor.version,
-            cursor,
-            pending: Vec::new(),
-            events: Vec::new(),
-            since: None,
-        }))
+        Ok(engine
+            .store
+            .position(name)
+            .await?
+            .map(|(cursor, wait)| Self {
+                engine,
+                name,
+                written: cursor.version,
+                cursor,
+                pending: Vec::new(),
+                events: Vec::new(),
+                since: None,
+                wait: Some(wait),
+            }))
     }
 
     /// Takes `step`, in memory.
     fn push(&mut self, step: Step) {
         let at = *self.since.get_or_insert_with(|| self.engine.clock.now());
+        self.wait = None;
         self.cursor.advance(&step.update, at);
         self.pending.push(step.update);
         self.events.extend(step.events);
@@ -128,13 +146,13 @@ pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
                     "state {:?} is not in the definition; it was removed while the execution ran",
                     cursor.state
                 ));
-                Some(fail(&err, Vec::new()))
+                Taken::Step(fail(&err, Vec::new()))
             }
         };
         match step {
-            Some(step) => run.push(step),
-            // The step wrote the execution itself (or found it moved on): read it back.
-            None => {
+            Taken::Step(step) => run.push(step),
+            Taken::Sleeps(wake_at) => run.cursor.wake_at = Some(wake_at),
+            Taken::Moved => {
                 let Some(fresh) = Run::read(engine, name).await? else {
                     return Ok(());
                 };
@@ -265,26 +283,30 @@ fn fail(err: &StateError, mut events: Vec<NewEvent>) -> Step {
     }
 }
 
-/// The next step of the execution at `cursor`, in `state`; `None` when the step wrote
-/// the execution itself (a Task's attempt, a sleep) or found it moved on.
+/// The next step of the execution at `cursor`, in `state`. A Task's attempt is written
+/// here, with the steps pending before it, before the task is called.
 async fn take_step(
     run: &mut Run<'_>,
     cursor: &Cursor,
     state: &State,
-) -> Result<Option<Step>, EngineError> {
+) -> Result<Taken, EngineError> {
     let (engine, name) = (run.engine, run.name);
     let raw = &cursor.state_input;
     let step = match &state.kind {
         StateKind::Task { resource, .. } => {
             // With steps pending, the state was just entered: a wait on disk is an earlier
             // state's, closed by the write of the attempt.
-            if run.pending.is_empty()
-                && task::waits_for_token(resource)
-                && let Some(wait) = engine.store.wait(name).await?
-                && !wait.closed
-                && (wait.invoked || wait.answer.is_some())
-            {
-                return resume_wait(engine, name, cursor, state, wait).await;
+            if run.pending.is_empty() && task::waits_for_token(resource) {
+                let wait = match run.wait.take() {
+                    Some(wait) => wait,
+                    None => engine.store.wait(name).await?,
+                };
+                if let Some(wait) = wait
+                    && !wait.closed
+                    && (wait.invoked || wait.answer.is_some())
+                {
+                    return resume_wait(engine, name, cursor, state, wait).await;
+                }
             }
             // A token attempt cut off before its handler returned starts again, with a
             // new token (at least once, as any Task running when the process died).
@@ -300,10 +322,11 @@ async fn take_step(
             // The deadline could not be computed on entry: fail with the reason.
             None => match deadline(state, wait, raw, engine.clock.now()) {
                 Ok(wake_at) => {
-                    if run.flush(None).await? {
-                        engine.store.set_wake(name, run.written, wake_at).await?;
+                    if !run.flush(None).await? {
+                        return Ok(Taken::Moved);
                     }
-                    return Ok(None);
+                    let slept = engine.store.set_wake(name, run.written, wake_at).await?;
+                    return Ok(slept.map_or(Taken::Moved, Taken::Sleeps));
                 }
                 Err(err) => fail(&err, Vec::new()),
             },
@@ -381,7 +404,7 @@ async fn take_step(
             fail(&err, Vec::new())
         }
     };
-    Ok(Some(step))
+    Ok(Taken::Step(step))
 }
 
 fn context<'a>(name: &'a str, cursor: &'a Cursor) -> Context<'a> {
@@ -445,7 +468,7 @@ async fn resume_wait(
     cursor: &Cursor,
     state: &State,
     wait: Wait,
-) -> Result<Option<Step>, EngineError> {
+) -> Result<Taken, EngineError> {
     let now = engine.clock.now();
     let beat_out = wait
         .heartbeat_at
@@ -462,24 +485,20 @@ async fn resume_wait(
             "the task token was not answered within the task's timeout",
         )),
         None => {
-            engine
+            let slept = engine
                 .store
                 .set_wake(name, cursor.version, wait.deadline())
                 .await?;
-            return Ok(None);
+            return Ok(slept.map_or(Taken::Moved, Taken::Sleeps));
         }
     };
-    Ok(Some(settle(engine, name, cursor, state, outcome)))
+    Ok(Taken::Step(settle(engine, name, cursor, state, outcome)))
 }
 
 /// One attempt of a Task: written as scheduled, run, then its result or error handled. A
 /// `.waitForTaskToken` attempt gets a fresh token, stored with the attempt, and waits for
 /// it once its handler has returned.
-async fn run_task(
-    run: &mut Run<'_>,
-    cursor: &Cursor,
-    state: &State,
-) -> Result<Option<Step>, EngineError> {
+async fn run_task(run: &mut Run<'_>, cursor: &Cursor, state: &State) -> Result<Taken, EngineError> {
     let (engine, name) = (run.engine, run.name);
     let StateKind::Task {
         resource,
@@ -488,7 +507,7 @@ async fn run_task(
         ..
     } = &state.kind
     else {
-        return Ok(None);
+        return Ok(Taken::Moved);
     };
     let raw = &cursor.state_input;
     let token = task::waits_for_token(resource).then(task::new_token);
@@ -513,7 +532,7 @@ async fn run_task(
     });
     let (parameters, timeout_seconds, heartbeat_seconds) = match prepared {
         Ok(prepared) => prepared,
-        Err(err) => return Ok(Some(fail(&err, Vec::new()))),
+        Err(err) => return Ok(Taken::Step(fail(&err, Vec::new()))),
     };
     let shown = match &token {
         Some(token) => redact(&parameters, token),
@@ -546,7 +565,7 @@ async fn run_task(
         events: scheduled,
     });
     if !run.flush(wait).await? {
-        return Ok(None);
+        return Ok(Taken::Moved);
     }
     let outcome = task::invoke(
         &engine.handlers,
@@ -563,13 +582,13 @@ async fn run_task(
             Some(&cursor.state),
             json!({ "output": submitted }),
         )];
-        engine
+        let wake_at = engine
             .store
             .waiting(name, token, &events, engine.clock.now())
             .await?;
-        return Ok(None);
+        return Ok(wake_at.map_or(Taken::Moved, Taken::Sleeps));
     }
-    Ok(Some(settle(engine, name, cursor, state, outcome)))
+    Ok(Taken::Step(settle(engine, name, cursor, state, outcome)))
 }
 
 /// A Task attempt's result or error, handled: into the next state, a retry, a catcher, or

@@ -271,6 +271,24 @@ type CursorRow = (
     i64,
 );
 
+fn read_cursor(conn: &Connection, name: &str) -> rusqlite::Result<Option<CursorRow>> {
+    conn.prepare_cached(CURSOR_QUERY)?
+        .query_row([name], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+            ))
+        })
+        .optional()
+}
+
 fn cursor_from(row: CursorRow) -> Result<Cursor, EngineError> {
     let (status, input, started, state, state_input, entered, retries, wake, version) = row;
     let retry_counts = serde_json::from_str(&retries)
@@ -443,26 +461,7 @@ impl Store {
     /// Where execution `name` is, if it exists.
     pub async fn cursor(&self, name: &str) -> Result<Option<Cursor>, EngineError> {
         let name = name.to_owned();
-        let row = self
-            .db
-            .read(move |conn| {
-                conn.prepare_cached(CURSOR_QUERY)?
-                    .query_row([&name], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                            row.get(6)?,
-                            row.get(7)?,
-                            row.get(8)?,
-                        ))
-                    })
-                    .optional()
-            })
-            .await?;
+        let row = self.db.read(move |conn| read_cursor(conn, &name)).await?;
         row.map(cursor_from).transpose()
     }
 
@@ -489,13 +488,14 @@ impl Store {
             .await
     }
 
-    /// Moves the wake-up time of `name` to `wake_at` if it is still at `version`.
+    /// Moves the wake-up time of `name` to `wake_at` if it is still at `version`: the
+    /// wake-up time as kept (in milliseconds), or `None` when it moved on.
     pub async fn set_wake(
         &self,
         name: &str,
         version: i64,
         wake_at: DateTime<Utc>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<DateTime<Utc>>, EngineError> {
         let name = name.to_owned();
         self.db
             .write_relaxed(move |tx| {
@@ -504,7 +504,7 @@ impl Store {
                         "UPDATE executions SET wake_at = ?3 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
                     )?
                     .execute(params![name, version, ms(wake_at)])?;
-                Ok(changed > 0)
+                Ok((changed > 0).then(|| from_ms(ms(wake_at))))
             })
             .await
     }

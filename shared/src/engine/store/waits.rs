@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
-use super::{NewEvent, Store, Update, append_events, apply_updates, from_ms, ms, parse_json};
+use super::{
+    Cursor, NewEvent, Store, Update, append_events, apply_updates, cursor_from, from_ms, ms,
+    parse_json, read_cursor,
+};
 use crate::engine::error::EngineError;
 
 pub(super) const SCHEMA: &str = "
@@ -135,6 +138,18 @@ fn read_wait(conn: &Connection, name: &str) -> rusqlite::Result<Option<WaitRow>>
     .optional()
 }
 
+fn wait_from(row: WaitRow) -> Result<Wait, EngineError> {
+    let (token, timeout, heartbeat, invoked, outcome, closed) = row;
+    Ok(Wait {
+        token,
+        timeout_at: from_ms(timeout),
+        heartbeat_at: heartbeat.map(from_ms),
+        invoked,
+        answer: outcome.as_deref().map(parse_answer).transpose()?,
+        closed,
+    })
+}
+
 impl Store {
     /// Starts a token attempt at `version`: `updates` (the last of them the attempt, as in
     /// [`Store::apply`]), the events and the attempt's open wait, in one transaction
@@ -180,29 +195,40 @@ impl Store {
     pub async fn wait(&self, name: &str) -> Result<Option<Wait>, EngineError> {
         let name = name.to_owned();
         let row = self.db.read(move |conn| read_wait(conn, &name)).await?;
-        row.map(|(token, timeout, heartbeat, invoked, outcome, closed)| {
-            Ok(Wait {
-                token,
-                timeout_at: from_ms(timeout),
-                heartbeat_at: heartbeat.map(from_ms),
-                invoked,
-                answer: outcome.as_deref().map(parse_answer).transpose()?,
-                closed,
+        row.map(wait_from).transpose()
+    }
+
+    /// Where execution `name` is and the wait of its current (or last) token attempt, in
+    /// one read; `None` when it does not exist.
+    pub async fn position(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Cursor, Option<Wait>)>, EngineError> {
+        let name = name.to_owned();
+        let rows = self
+            .db
+            .read(move |conn| {
+                let Some(cursor) = read_cursor(conn, &name)? else {
+                    return Ok(None);
+                };
+                Ok::<_, rusqlite::Error>(Some((cursor, read_wait(conn, &name)?)))
             })
-        })
-        .transpose()
+            .await?;
+        rows.map(|(cursor, wait)| Ok((cursor_from(cursor)?, wait.map(wait_from).transpose()?)))
+            .transpose()
     }
 
     /// The handler of the attempt holding `token` returned: the execution now sleeps until
     /// the wait's deadline, or is due at once when the token was answered meanwhile.
-    /// `events` (`TaskSubmitted`) are written with it. False when the wait is over.
+    /// `events` (`TaskSubmitted`) are written with it. The wake-up time set, or `None` when
+    /// the wait is over.
     pub async fn waiting(
         &self,
         name: &str,
         token: &str,
         events: &[NewEvent],
         now: DateTime<Utc>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<DateTime<Utc>>, EngineError> {
         let (name, token, events) = (name.to_owned(), token.to_owned(), events.to_vec());
         self.db
             .write_relaxed(move |tx| {
@@ -212,16 +238,16 @@ impl Store {
                     )?
                     .execute(params![name, token])?;
                 if changed == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 append_events(tx, &name, &events, now)?;
                 let Some((_, timeout, heartbeat, _, outcome, _)) = read_wait(tx, &name)? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let deadline = heartbeat.map_or(timeout, |beat| beat.min(timeout));
-                let due = if outcome.is_some() { ms(now) } else { deadline };
-                wake_at(tx, &name, from_ms(due))?;
-                Ok(true)
+                let due = from_ms(if outcome.is_some() { ms(now) } else { deadline });
+                wake_at(tx, &name, due)?;
+                Ok(Some(due))
             })
             .await
     }
