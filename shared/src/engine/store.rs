@@ -11,9 +11,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
+mod history;
 mod page;
 mod waits;
 
+use history::append_events;
 pub use waits::{Answer, Lookup, NewWait, Wait};
 
 use super::error::EngineError;
@@ -212,39 +214,6 @@ fn parse_status(text: &str) -> Result<ExecutionStatus, EngineError> {
 
 fn parse_json(text: &str) -> Result<Value, EngineError> {
     serde_json::from_str(text).map_err(|e| EngineError::Corrupt(format!("stored JSON: {e}")))
-}
-
-fn append_events(
-    tx: &Connection,
-    name: &str,
-    events: &[NewEvent],
-    now: DateTime<Utc>,
-) -> Result<(), EngineError> {
-    let count: i64 = tx
-        .prepare_cached("SELECT history_events FROM executions WHERE name = ?1")?
-        .query_row([name], |row| row.get(0))?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO history (execution, seq, timestamp, event_type, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for (i, event) in events.iter().enumerate() {
-        let seq = count + 1 + i64::try_from(i).unwrap_or(i64::MAX);
-        insert.execute(params![
-            name,
-            seq,
-            ms(now),
-            event.event_type,
-            event.state,
-            event.detail.to_string()
-        ])?;
-    }
-    tx.prepare_cached(
-        "UPDATE executions SET history_events = history_events + ?2 WHERE name = ?1",
-    )?
-    .execute(params![
-        name,
-        i64::try_from(events.len()).unwrap_or(i64::MAX)
-    ])?;
-    Ok(())
 }
 
 /// The earliest wake-up time of a running execution, in milliseconds.
@@ -730,50 +699,6 @@ impl Store {
                 Ok(u64::try_from(deleted).unwrap_or(0))
             })
             .await
-    }
-
-    /// The history of `name`, in order.
-    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
-        self.history_after(name, 0).await
-    }
-
-    /// The history of `name` past its `after`-th event, in order (the primary key serves it).
-    pub async fn history_after(
-        &self,
-        name: &str,
-        after: u64,
-    ) -> Result<Vec<HistoryEvent>, EngineError> {
-        let name = name.to_owned();
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = self
-            .db
-            .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 AND seq > ?2 ORDER BY seq",
-                )?
-                .query_map(rusqlite::params![name, after], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                        row.get::<_, String>(4)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(seq, timestamp, event_type, state, detail)| {
-                Ok(HistoryEvent {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    timestamp: from_ms(timestamp),
-                    event_type,
-                    state,
-                    detail: parse_json(&detail)?,
-                })
-            })
-            .collect()
     }
 }
 
