@@ -216,6 +216,15 @@ fn parse_json(text: &str) -> Result<Value, EngineError> {
     serde_json::from_str(text).map_err(|e| EngineError::Corrupt(format!("stored JSON: {e}")))
 }
 
+/// The names of the running executions due at `?1`, oldest first. Two ranges of
+/// `executions_by_status`, so only the due ones are read: with the OR in one WHERE, SQLite
+/// walks every running execution (and reads its row) instead.
+const DUE_QUERY: &str = "SELECT name FROM (
+         SELECT name, started_at FROM executions WHERE status = 'RUNNING' AND wake_at IS NULL
+         UNION ALL
+         SELECT name, started_at FROM executions WHERE status = 'RUNNING' AND wake_at <= ?1
+     ) ORDER BY started_at";
+
 /// The earliest wake-up time of a running execution, in milliseconds.
 fn earliest_wake(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached(
@@ -499,10 +508,7 @@ impl Store {
             .db
             .read(move |conn| {
                 let names = conn
-                    .prepare_cached(
-                        "SELECT name FROM executions WHERE status = 'RUNNING' AND (wake_at IS NULL OR wake_at <= ?1)
-                         ORDER BY started_at",
-                    )?
+                    .prepare_cached(DUE_QUERY)?
                     .query_map([ms(now)], |row| row.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
                 let earliest: Option<i64> = conn
@@ -918,5 +924,55 @@ mod tests {
         assert_eq!(written, Some(2));
         let history = store.history("old").await.expect("history");
         assert_eq!(history.last().map(|event| event.seq), Some(2));
+    }
+
+    #[tokio::test]
+    async fn the_due_executions_are_read_from_two_ranges_of_the_status_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let now = Utc::now();
+        let second = chrono::Duration::seconds(1);
+        // Started one second apart, oldest first: a (no wake-up), b (sleeping), c (due),
+        // d (ended).
+        for (i, (name, wake_at)) in [
+            ("a", None),
+            ("b", Some(now + second)),
+            ("c", Some(now - second)),
+            ("d", None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let started = now - second * (10 - i32::try_from(i).expect("small"));
+            store
+                .insert(name, &json!({}), "A", wake_at, &[], started)
+                .await
+                .expect("insert");
+        }
+        assert!(store.abort("d", "E", "C", now).await.expect("abort"));
+        let (due, next) = store.due(now).await.expect("due");
+        assert_eq!(due, ["a", "c"]);
+        assert_eq!(next, Some(from_ms(ms(now + second))));
+        let plan: Vec<String> = store
+            .db
+            .read(|conn| {
+                conn.prepare(&format!("EXPLAIN QUERY PLAN {DUE_QUERY}"))?
+                    .query_map([0], |row| row.get(3))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await
+            .expect("plan");
+        let searches: Vec<&String> = plan
+            .iter()
+            .filter(|line| line.contains("executions"))
+            .collect();
+        assert_eq!(
+            searches,
+            [
+                "SEARCH executions USING INDEX executions_by_status (status=? AND wake_at=?)",
+                "SEARCH executions USING INDEX executions_by_status (status=? AND wake_at<?)"
+            ],
+            "{plan:?}"
+        );
     }
 }
