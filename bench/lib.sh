@@ -14,6 +14,16 @@ bench_build() {
     [ -x "$TASKRUNNER_BIN" ] || { echo "no binary at $TASKRUNNER_BIN" >&2; return 1; }
 }
 
+# Uses $TASKRUNNER_BIN when it is set, else builds the release binary (bench_build).
+bench_binary() {
+    [ -n "${TASKRUNNER_BIN:-}" ] || bench_build
+}
+
+# Removes the work dir $1, or keeps it (and says where) when BENCH_KEEP=1.
+bench_remove_work() {
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $1" >&2; else rm -rf "$1"; fi
+}
+
 # Starts `taskrunner serve` over $1 (work dir: data/, tasks/ and serve.log inside it).
 # Sets SERVE_PID and SERVE_URL. Extra environment can be given as NAME=VALUE arguments.
 bench_start_server() {

@@ -121,8 +121,8 @@ impl Engine {
     async fn schedule_forever(self: Arc<Self>) {
         loop {
             let now = self.clock.now();
-            let runnable = match self.store.runnable(now).await {
-                Ok(names) => names,
+            let (runnable, next) = match self.store.due(now).await {
+                Ok(due) => due,
                 Err(err) => {
                     tracing::error!(error = %err, "engine scheduler: cannot read executions; retrying in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -146,13 +146,6 @@ impl Engine {
             }
             // Anything due before `now` was just started or is being run; its runner
             // notifies when done.
-            let next = self
-                .store
-                .earliest_wake()
-                .await
-                .ok()
-                .flatten()
-                .filter(|w| *w > now);
             match next {
                 Some(wake) => {
                     let delay = (wake - now).to_std().unwrap_or(Duration::ZERO);

@@ -18,46 +18,146 @@ use super::store::{Answer, Cursor, NewEvent, NewWait, Update, Wait};
 use super::task;
 use crate::ports::ExecutionStatus;
 
-/// A step to write: the update and its events, based on `version`.
+/// A step taken: the update and its events.
 struct Step {
-    version: i64,
     update: Update,
     events: Vec<NewEvent>,
 }
 
+/// What taking a step came to.
+enum Taken {
+    /// A step to write.
+    Step(Step),
+    /// The step wrote the execution's wake-up time itself, at the same version.
+    Sleeps(DateTime<Utc>),
+    /// The step wrote the execution otherwise, or found it moved on: read it back.
+    Moved,
+}
+
+/// At most this many steps wait in memory to be written together (a definition may loop
+/// through Pass and Choice states alone).
+const MAX_PENDING: usize = 64;
+
+/// An execution being run: where it is, and the steps taken but not written yet. A step
+/// that calls nothing (Choice, Pass, Succeed, Fail, a Task's result handled, a Wait entered)
+/// is written with what follows it, up to the next Task attempt, sleep or end: lost to a
+/// crash, it is taken again from the last written step, as it depends on nothing else.
+struct Run<'a> {
+    engine: &'a Engine,
+    name: &'a str,
+    /// Where the execution is, with the pending steps taken.
+    cursor: Cursor,
+    /// The version on disk; the cursor's is this plus the pending updates.
+    written: i64,
+    pending: Vec<Update>,
+    events: Vec<NewEvent>,
+    /// When the first pending step was taken: the pending steps are written at that time.
+    since: Option<DateTime<Utc>>,
+    /// The execution's wait, read with the cursor; `None` once a step was taken since.
+    wait: Option<Option<Wait>>,
+}
+
+impl<'a> Run<'a> {
+    /// Reads where execution `name` is; `None` when it does not exist.
+    async fn read(engine: &'a Engine, name: &'a str) -> Result<Option<Self>, EngineError> {
+        Ok(engine
+            .store
+            .position(name)
+            .await?
+            .map(|(cursor, wait)| Self {
+                engine,
+                name,
+                written: cursor.version,
+                cursor,
+                pending: Vec::new(),
+                events: Vec::new(),
+                since: None,
+                wait: Some(wait),
+            }))
+    }
+
+    /// Takes `step`, in memory.
+    fn push(&mut self, step: Step) {
+        let at = *self.since.get_or_insert_with(|| self.engine.clock.now());
+        self.wait = None;
+        self.cursor.advance(&step.update, at);
+        self.pending.push(step.update);
+        self.events.extend(step.events);
+    }
+
+    /// Writes the pending steps (with `wait`, opened by the last of them, a token attempt);
+    /// false when the execution moved on, and they were dropped.
+    async fn flush(&mut self, wait: Option<NewWait>) -> Result<bool, EngineError> {
+        if self.pending.is_empty() {
+            return Ok(true);
+        }
+        let at = self.since.take().unwrap_or_else(|| self.engine.clock.now());
+        let updates = std::mem::take(&mut self.pending);
+        let events = std::mem::take(&mut self.events);
+        let store = &self.engine.store;
+        let written = match wait {
+            Some(wait) => {
+                store
+                    .begin_wait(self.name, self.written, &updates, &events, wait, at)
+                    .await?
+            }
+            None => {
+                store
+                    .apply(self.name, self.written, &updates, &events, at)
+                    .await?
+            }
+        };
+        match written {
+            Some(version) => {
+                self.written = version;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
 /// Runs execution `name` until it ends or sleeps.
 pub async fn run(engine: &Engine, name: &str) -> Result<(), EngineError> {
+    let Some(mut run) = Run::read(engine, name).await? else {
+        return Ok(());
+    };
     loop {
-        let Some(cursor) = engine.store.cursor(name).await? else {
-            return Ok(());
-        };
-        if cursor.status != ExecutionStatus::Running {
-            return Ok(());
-        }
-        if cursor.wake_at.is_some_and(|wake| wake > engine.clock.now()) {
+        let cursor = &run.cursor;
+        if cursor.status != ExecutionStatus::Running
+            || cursor.wake_at.is_some_and(|wake| wake > engine.clock.now())
+        {
+            run.flush(None).await?;
             return Ok(());
         }
+        if run.pending.len() >= MAX_PENDING && !run.flush(None).await? {
+            // Moved on (stopped): read where it is now.
+            let Some(fresh) = Run::read(engine, name).await? else {
+                return Ok(());
+            };
+            run = fresh;
+            continue;
+        }
+        let cursor = run.cursor.clone();
         let step = match engine.definition.state(&cursor.state) {
-            Some(state) => take_step(engine, name, &cursor, state).await?,
+            Some(state) => take_step(&mut run, &cursor, state).await?,
             None => {
                 let err = StateError::runtime(format!(
                     "state {:?} is not in the definition; it was removed while the execution ran",
                     cursor.state
                 ));
-                Some(fail(cursor.version, &err, Vec::new()))
+                Taken::Step(fail(&err, Vec::new()))
             }
         };
-        if let Some(step) = step {
-            engine
-                .store
-                .apply(
-                    name,
-                    step.version,
-                    &step.update,
-                    &step.events,
-                    engine.clock.now(),
-                )
-                .await?;
+        match step {
+            Taken::Step(step) => run.push(step),
+            Taken::Sleeps(wake_at) => run.cursor.wake_at = Some(wake_at),
+            Taken::Moved => {
+                let Some(fresh) = Run::read(engine, name).await? else {
+                    return Ok(());
+                };
+                run = fresh;
+            }
         }
     }
 }
@@ -162,22 +262,17 @@ fn leave(
             }
         }
     };
-    Step {
-        version: cursor.version,
-        update,
-        events,
-    }
+    Step { update, events }
 }
 
 /// Ends the execution as failed with `err`, after `events`.
-fn fail(version: i64, err: &StateError, mut events: Vec<NewEvent>) -> Step {
+fn fail(err: &StateError, mut events: Vec<NewEvent>) -> Step {
     events.push(NewEvent::new(
         "ExecutionFailed",
         None,
         json!({"error": err.error, "cause": err.cause}),
     ));
     Step {
-        version,
         update: Update::Finish {
             status: ExecutionStatus::Failed,
             output: None,
@@ -188,40 +283,52 @@ fn fail(version: i64, err: &StateError, mut events: Vec<NewEvent>) -> Step {
     }
 }
 
+/// The next step of the execution at `cursor`, in `state`. A Task's attempt is written
+/// here, with the steps pending before it, before the task is called.
 async fn take_step(
-    engine: &Engine,
-    name: &str,
+    run: &mut Run<'_>,
     cursor: &Cursor,
     state: &State,
-) -> Result<Option<Step>, EngineError> {
+) -> Result<Taken, EngineError> {
+    let (engine, name) = (run.engine, run.name);
     let raw = &cursor.state_input;
     let step = match &state.kind {
         StateKind::Task { resource, .. } => {
-            if task::waits_for_token(resource)
-                && let Some(wait) = engine.store.wait(name).await?
-                && !wait.closed
-                && (wait.invoked || wait.answer.is_some())
-            {
-                return resume_wait(engine, name, cursor, state, wait).await;
+            // With steps pending, the state was just entered: a wait on disk is an earlier
+            // state's, closed by the write of the attempt.
+            if run.pending.is_empty() && task::waits_for_token(resource) {
+                let wait = match run.wait.take() {
+                    Some(wait) => wait,
+                    None => engine.store.wait(name).await?,
+                };
+                if let Some(wait) = wait
+                    && !wait.closed
+                    && (wait.invoked || wait.answer.is_some())
+                {
+                    return resume_wait(engine, name, cursor, state, wait).await;
+                }
             }
             // A token attempt cut off before its handler returned starts again, with a
             // new token (at least once, as any Task running when the process died).
-            return run_task(engine, name, cursor, state).await;
+            return run_task(run, cursor, state).await;
         }
         StateKind::Wait { wait, transition } => match cursor.wake_at {
             Some(_) => match io::select(state.io.input_path.as_ref(), raw, "InputPath")
                 .and_then(|input| io::select(state.io.output_path.as_ref(), &input, "OutputPath"))
             {
                 Ok(output) => leave(engine, cursor, state, transition, output, Vec::new()),
-                Err(err) => fail(cursor.version, &err, Vec::new()),
+                Err(err) => fail(&err, Vec::new()),
             },
             // The deadline could not be computed on entry: fail with the reason.
             None => match deadline(state, wait, raw, engine.clock.now()) {
                 Ok(wake_at) => {
-                    engine.store.set_wake(name, cursor.version, wake_at).await?;
-                    return Ok(None);
+                    if !run.flush(None).await? {
+                        return Ok(Taken::Moved);
+                    }
+                    let slept = engine.store.set_wake(name, run.written, wake_at).await?;
+                    return Ok(slept.map_or(Taken::Moved, Taken::Sleeps));
                 }
-                Err(err) => fail(cursor.version, &err, Vec::new()),
+                Err(err) => fail(&err, Vec::new()),
             },
         },
         StateKind::Choice { rules, default } => {
@@ -246,7 +353,7 @@ async fn take_step(
                     let transition = Transition::Next(next);
                     leave(engine, cursor, state, &transition, output, Vec::new())
                 }
-                Err(err) => fail(cursor.version, &err, Vec::new()),
+                Err(err) => fail(&err, Vec::new()),
             }
         }
         StateKind::Pass { result, transition } => {
@@ -263,7 +370,7 @@ async fn take_step(
                 });
             match output {
                 Ok(output) => leave(engine, cursor, state, transition, output, Vec::new()),
-                Err(err) => fail(cursor.version, &err, Vec::new()),
+                Err(err) => fail(&err, Vec::new()),
             }
         }
         StateKind::Succeed => {
@@ -271,7 +378,7 @@ async fn take_step(
                 .and_then(|input| io::select(state.io.output_path.as_ref(), &input, "OutputPath"));
             match output {
                 Ok(output) => leave(engine, cursor, state, &Transition::End, output, Vec::new()),
-                Err(err) => fail(cursor.version, &err, Vec::new()),
+                Err(err) => fail(&err, Vec::new()),
             }
         }
         StateKind::Fail { error, cause } => {
@@ -294,10 +401,10 @@ async fn take_step(
                 }
                 (Err(err), _) | (_, Err(err)) => err,
             };
-            fail(cursor.version, &err, Vec::new())
+            fail(&err, Vec::new())
         }
     };
-    Ok(Some(step))
+    Ok(Taken::Step(step))
 }
 
 fn context<'a>(name: &'a str, cursor: &'a Cursor) -> Context<'a> {
@@ -361,7 +468,7 @@ async fn resume_wait(
     cursor: &Cursor,
     state: &State,
     wait: Wait,
-) -> Result<Option<Step>, EngineError> {
+) -> Result<Taken, EngineError> {
     let now = engine.clock.now();
     let beat_out = wait
         .heartbeat_at
@@ -378,32 +485,21 @@ async fn resume_wait(
             "the task token was not answered within the task's timeout",
         )),
         None => {
-            engine
+            let slept = engine
                 .store
                 .set_wake(name, cursor.version, wait.deadline())
                 .await?;
-            return Ok(None);
+            return Ok(slept.map_or(Taken::Moved, Taken::Sleeps));
         }
     };
-    Ok(Some(settle(
-        engine,
-        name,
-        cursor,
-        state,
-        cursor.version,
-        outcome,
-    )))
+    Ok(Taken::Step(settle(engine, name, cursor, state, outcome)))
 }
 
 /// One attempt of a Task: written as scheduled, run, then its result or error handled. A
 /// `.waitForTaskToken` attempt gets a fresh token, stored with the attempt, and waits for
 /// it once its handler has returned.
-async fn run_task(
-    engine: &Engine,
-    name: &str,
-    cursor: &Cursor,
-    state: &State,
-) -> Result<Option<Step>, EngineError> {
+async fn run_task(run: &mut Run<'_>, cursor: &Cursor, state: &State) -> Result<Taken, EngineError> {
+    let (engine, name) = (run.engine, run.name);
     let StateKind::Task {
         resource,
         timeout,
@@ -411,7 +507,7 @@ async fn run_task(
         ..
     } = &state.kind
     else {
-        return Ok(None);
+        return Ok(Taken::Moved);
     };
     let raw = &cursor.state_input;
     let token = task::waits_for_token(resource).then(task::new_token);
@@ -436,13 +532,13 @@ async fn run_task(
     });
     let (parameters, timeout_seconds, heartbeat_seconds) = match prepared {
         Ok(prepared) => prepared,
-        Err(err) => return Ok(Some(fail(cursor.version, &err, Vec::new()))),
+        Err(err) => return Ok(Taken::Step(fail(&err, Vec::new()))),
     };
     let shown = match &token {
         Some(token) => redact(&parameters, token),
         None => parameters.clone(),
     };
-    let scheduled = [
+    let scheduled = vec![
         NewEvent::new(
             "TaskScheduled",
             Some(&cursor.state),
@@ -455,32 +551,22 @@ async fn run_task(
         ),
         NewEvent::new("TaskStarted", Some(&cursor.state), json!({})),
     ];
-    let now = engine.clock.now();
-    let written = match &token {
-        Some(token) => {
-            let wait = NewWait {
-                token: token.clone(),
-                timeout_at: after_seconds(
-                    now,
-                    timeout_seconds.unwrap_or(DEFAULT_TOKEN_TIMEOUT_SECONDS),
-                ),
-                heartbeat_seconds,
-            };
-            engine
-                .store
-                .begin_wait(name, cursor.version, &scheduled, wait, now)
-                .await?
-        }
-        None => {
-            engine
-                .store
-                .apply(name, cursor.version, &Update::Attempt, &scheduled, now)
-                .await?
-        }
-    };
-    let Some(version) = written else {
-        return Ok(None);
-    };
+    let wait = token.as_ref().map(|token| NewWait {
+        token: token.clone(),
+        timeout_at: after_seconds(
+            engine.clock.now(),
+            timeout_seconds.unwrap_or(DEFAULT_TOKEN_TIMEOUT_SECONDS),
+        ),
+        heartbeat_seconds,
+    });
+    // The attempt is written (with the steps before it) before the task is called.
+    run.push(Step {
+        update: Update::Attempt,
+        events: scheduled,
+    });
+    if !run.flush(wait).await? {
+        return Ok(Taken::Moved);
+    }
     let outcome = task::invoke(
         &engine.handlers,
         &engine.clock,
@@ -496,13 +582,13 @@ async fn run_task(
             Some(&cursor.state),
             json!({ "output": submitted }),
         )];
-        engine
+        let wake_at = engine
             .store
             .waiting(name, token, &events, engine.clock.now())
             .await?;
-        return Ok(None);
+        return Ok(wake_at.map_or(Taken::Moved, Taken::Sleeps));
     }
-    Ok(Some(settle(engine, name, cursor, state, version, outcome)))
+    Ok(Taken::Step(settle(engine, name, cursor, state, outcome)))
 }
 
 /// A Task attempt's result or error, handled: into the next state, a retry, a catcher, or
@@ -512,7 +598,6 @@ fn settle(
     name: &str,
     cursor: &Cursor,
     state: &State,
-    version: i64,
     outcome: Result<Value, StateError>,
 ) -> Step {
     let StateKind::Task {
@@ -523,7 +608,7 @@ fn settle(
     } = &state.kind
     else {
         let err = StateError::runtime(format!("state {:?} is not a Task", cursor.state));
-        return fail(version, &err, Vec::new());
+        return fail(&err, Vec::new());
     };
     let raw = &cursor.state_input;
     let context = context(name, cursor).to_value();
@@ -560,11 +645,7 @@ fn settle(
         }
     };
     let err = match processed {
-        Ok(output) => {
-            let mut step = leave(engine, cursor, state, transition, output, events);
-            step.version = version;
-            return step;
-        }
+        Ok(output) => return leave(engine, cursor, state, transition, output, events),
         Err(err) => err,
     };
     let now = engine.clock.now();
@@ -577,7 +658,6 @@ fn settle(
             counts[index] += 1;
             let wake_at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
             return Step {
-                version,
                 update: Update::Retry {
                     retry_counts: counts,
                     wake_at,
@@ -591,12 +671,10 @@ fn settle(
         return match io::place(catcher.result_path.as_ref(), raw, caught) {
             Ok(output) => {
                 let transition = Transition::Next(catcher.next.clone());
-                let mut step = leave(engine, cursor, state, &transition, output, events);
-                step.version = version;
-                step
+                leave(engine, cursor, state, &transition, output, events)
             }
-            Err(place_err) => fail(version, &place_err, events),
+            Err(place_err) => fail(&place_err, events),
         };
     }
-    fail(version, &err, events)
+    fail(&err, events)
 }

@@ -11,9 +11,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
+mod history;
 mod page;
 mod waits;
 
+use history::append_events;
 pub use waits::{Answer, Lookup, NewWait, Wait};
 
 use super::error::EngineError;
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS executions (
     version INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, wake_at);
-CREATE INDEX IF NOT EXISTS executions_by_start ON executions (started_at);
+-- A prefix of executions_by_start_name, which serves every query it served.
+DROP INDEX IF EXISTS executions_by_start;
 CREATE INDEX IF NOT EXISTS executions_by_start_name ON executions (started_at, name);
 CREATE INDEX IF NOT EXISTS executions_by_status_start_name ON executions (status, started_at, name);
 CREATE TABLE IF NOT EXISTS history (
@@ -92,7 +95,7 @@ impl NewEvent {
 }
 
 /// Where a running execution is: what a runner needs to take its next step.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cursor {
     /// Its status.
     pub status: ExecutionStatus,
@@ -112,6 +115,39 @@ pub struct Cursor {
     pub wake_at: Option<DateTime<Utc>>,
     /// Bumped by every write; a write based on an older version is refused.
     pub version: i64,
+}
+
+impl Cursor {
+    /// Where the execution is once `update` is written at `now`, as [`Store::apply`] writes
+    /// it: a runner moves on without reading the execution back after each step.
+    pub fn advance(&mut self, update: &Update, now: DateTime<Utc>) {
+        match update {
+            Update::Enter {
+                state,
+                input,
+                wake_at,
+            } => {
+                self.state.clone_from(state);
+                self.state_input = input.clone();
+                self.entered_at = from_ms(ms(now));
+                self.retry_counts.clear();
+                self.wake_at = wake_at.map(|wake| from_ms(ms(wake)));
+            }
+            Update::Attempt => self.wake_at = None,
+            Update::Retry {
+                retry_counts,
+                wake_at,
+            } => {
+                self.retry_counts.clone_from(retry_counts);
+                self.wake_at = Some(from_ms(ms(*wake_at)));
+            }
+            Update::Finish { status, .. } => {
+                self.status = *status;
+                self.wake_at = None;
+            }
+        }
+        self.version += 1;
+    }
 }
 
 /// A change to an execution, written with its history events.
@@ -180,37 +216,21 @@ fn parse_json(text: &str) -> Result<Value, EngineError> {
     serde_json::from_str(text).map_err(|e| EngineError::Corrupt(format!("stored JSON: {e}")))
 }
 
-fn append_events(
-    tx: &Connection,
-    name: &str,
-    events: &[NewEvent],
-    now: DateTime<Utc>,
-) -> Result<(), EngineError> {
-    let count: i64 = tx
-        .prepare_cached("SELECT history_events FROM executions WHERE name = ?1")?
-        .query_row([name], |row| row.get(0))?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO history (execution, seq, timestamp, event_type, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for (i, event) in events.iter().enumerate() {
-        let seq = count + 1 + i64::try_from(i).unwrap_or(i64::MAX);
-        insert.execute(params![
-            name,
-            seq,
-            ms(now),
-            event.event_type,
-            event.state,
-            event.detail.to_string()
-        ])?;
-    }
-    tx.prepare_cached(
-        "UPDATE executions SET history_events = history_events + ?2 WHERE name = ?1",
+/// The names of the running executions due at `?1`, oldest first. Two ranges of
+/// `executions_by_status`, so only the due ones are read: with the OR in one WHERE, SQLite
+/// walks every running execution (and reads its row) instead.
+const DUE_QUERY: &str = "SELECT name FROM (
+         SELECT name, started_at FROM executions WHERE status = 'RUNNING' AND wake_at IS NULL
+         UNION ALL
+         SELECT name, started_at FROM executions WHERE status = 'RUNNING' AND wake_at <= ?1
+     ) ORDER BY started_at";
+
+/// The earliest wake-up time of a running execution, in milliseconds.
+fn earliest_wake(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT MIN(wake_at) FROM executions WHERE status = 'RUNNING' AND wake_at IS NOT NULL",
     )?
-    .execute(params![
-        name,
-        i64::try_from(events.len()).unwrap_or(i64::MAX)
-    ])?;
-    Ok(())
+    .query_row([], |row| row.get(0))
 }
 
 /// The SELECT of a [`Cursor`], by name.
@@ -228,6 +248,24 @@ type CursorRow = (
     Option<i64>,
     i64,
 );
+
+fn read_cursor(conn: &Connection, name: &str) -> rusqlite::Result<Option<CursorRow>> {
+    conn.prepare_cached(CURSOR_QUERY)?
+        .query_row([name], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+            ))
+        })
+        .optional()
+}
 
 fn cursor_from(row: CursorRow) -> Result<Cursor, EngineError> {
     let (status, input, started, state, state_input, entered, retries, wake, version) = row;
@@ -315,6 +353,38 @@ fn apply_update(
     }
 }
 
+/// Writes `updates` in order, the first at `version` and each one version on; `None` when
+/// the execution moved on, else the new version. A wait open in the state being left is
+/// closed: it answers nothing any more.
+fn apply_updates(
+    tx: &Connection,
+    name: &str,
+    version: i64,
+    updates: &[Update],
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, EngineError> {
+    let mut at = version;
+    for update in updates {
+        if apply_update(tx, name, at, update, now)? == 0 {
+            if at == version {
+                return Ok(None);
+            }
+            // The first update held the row at `version`; nothing else writes it in between.
+            return Err(EngineError::Corrupt(format!(
+                "execution {name:?} changed in the middle of one write"
+            )));
+        }
+        at += 1;
+    }
+    if updates
+        .iter()
+        .any(|update| !matches!(update, Update::Attempt))
+    {
+        waits::close(tx, name)?;
+    }
+    Ok(Some(at))
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
@@ -369,61 +439,41 @@ impl Store {
     /// Where execution `name` is, if it exists.
     pub async fn cursor(&self, name: &str) -> Result<Option<Cursor>, EngineError> {
         let name = name.to_owned();
-        let row = self
-            .db
-            .read(move |conn| {
-                conn.prepare_cached(CURSOR_QUERY)?
-                    .query_row([&name], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                            row.get(6)?,
-                            row.get(7)?,
-                            row.get(8)?,
-                        ))
-                    })
-                    .optional()
-            })
-            .await?;
+        let row = self.db.read(move |conn| read_cursor(conn, &name)).await?;
         row.map(cursor_from).transpose()
     }
 
-    /// Writes `update` and `events` if the execution is still RUNNING at `version`; returns
-    /// the new version, or `None` when it moved on (stopped, or another step won).
+    /// Writes `updates` (in order, each one version on) and `events` if the execution is
+    /// still RUNNING at `version`, in one transaction; returns the new version, or `None`
+    /// when it moved on (stopped, or another step won).
     pub async fn apply(
         &self,
         name: &str,
         version: i64,
-        update: &Update,
+        updates: &[Update],
         events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, EngineError> {
-        let (name, update, events) = (name.to_owned(), update.clone(), events.to_vec());
+        let (name, updates, events) = (name.to_owned(), updates.to_vec(), events.to_vec());
         self.db
             .write_relaxed(move |tx| {
-                if apply_update(tx, &name, version, &update, now)? == 0 {
+                let Some(version) = apply_updates(tx, &name, version, &updates, now)? else {
                     return Ok(None);
-                }
-                if !matches!(update, Update::Attempt) {
-                    waits::close(tx, &name)?;
-                }
+                };
                 append_events(tx, &name, &events, now)?;
-                Ok(Some(version + 1))
+                Ok(Some(version))
             })
             .await
     }
 
-    /// Moves the wake-up time of `name` to `wake_at` if it is still at `version`.
+    /// Moves the wake-up time of `name` to `wake_at` if it is still at `version`: the
+    /// wake-up time as kept (in milliseconds), or `None` when it moved on.
     pub async fn set_wake(
         &self,
         name: &str,
         version: i64,
         wake_at: DateTime<Utc>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<DateTime<Utc>>, EngineError> {
         let name = name.to_owned();
         self.db
             .write_relaxed(move |tx| {
@@ -432,39 +482,44 @@ impl Store {
                         "UPDATE executions SET wake_at = ?3 WHERE name = ?1 AND version = ?2 AND status = 'RUNNING'",
                     )?
                     .execute(params![name, version, ms(wake_at)])?;
-                Ok(changed > 0)
+                Ok((changed > 0).then(|| from_ms(ms(wake_at))))
             })
             .await
     }
 
     /// Names of running executions due now (no wake-up time, or one that has passed).
     pub async fn runnable(&self, now: DateTime<Utc>) -> Result<Vec<String>, EngineError> {
-        self.db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT name FROM executions WHERE status = 'RUNNING' AND (wake_at IS NULL OR wake_at <= ?1)
-                     ORDER BY started_at",
-                )?;
-                let names = stmt
-                    .query_map([ms(now)], |row| row.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?;
-                Ok(names)
-            })
-            .await
+        Ok(self.due(now).await?.0)
     }
 
     /// The earliest wake-up time of a running execution, if any sleeps.
     pub async fn earliest_wake(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
-        let earliest: Option<i64> = self
+        let earliest: Option<i64> = self.db.read(earliest_wake).await?;
+        Ok(earliest.map(from_ms))
+    }
+
+    /// What the scheduler looks at, in one read: the names of running executions due at
+    /// `now`, and the earliest wake-up time after `now`.
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<String>, Option<DateTime<Utc>>), EngineError> {
+        let (names, earliest) = self
             .db
-            .read(|conn| {
-                conn.prepare_cached(
-                    "SELECT MIN(wake_at) FROM executions WHERE status = 'RUNNING' AND wake_at IS NOT NULL",
-                )?
-                .query_row([], |row| row.get(0))
+            .read(move |conn| {
+                let names = conn
+                    .prepare_cached(DUE_QUERY)?
+                    .query_map([ms(now)], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                let earliest: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT MIN(wake_at) FROM executions WHERE status = 'RUNNING' AND wake_at > ?1",
+                    )?
+                    .query_row([ms(now)], |row| row.get(0))?;
+                Ok::<_, rusqlite::Error>((names, earliest))
             })
             .await?;
-        Ok(earliest.map(from_ms))
+        Ok((names, earliest.map(from_ms)))
     }
 
     /// Whether any execution is running.
@@ -536,7 +591,8 @@ impl Store {
         Ok(views.into_iter().next())
     }
 
-    /// Executions newest first, at most `limit`, optionally with `status` only.
+    /// Executions newest first (by name within a millisecond, as pages), at most `limit`,
+    /// optionally with `status` only.
     pub async fn list(
         &self,
         status: Option<ExecutionStatus>,
@@ -546,14 +602,14 @@ impl Store {
         match status {
             Some(status) => {
                 self.views(
-                    "WHERE status = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2".to_owned(),
+                    "WHERE status = ?1 ORDER BY started_at DESC, name DESC LIMIT ?2".to_owned(),
                     vec![Box::new(status_text(status)), Box::new(limit)],
                 )
                 .await
             }
             None => {
                 self.views(
-                    "ORDER BY started_at DESC, rowid DESC LIMIT ?1".to_owned(),
+                    "ORDER BY started_at DESC, name DESC LIMIT ?1".to_owned(),
                     vec![Box::new(limit)],
                 )
                 .await
@@ -650,50 +706,6 @@ impl Store {
             })
             .await
     }
-
-    /// The history of `name`, in order.
-    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEvent>, EngineError> {
-        self.history_after(name, 0).await
-    }
-
-    /// The history of `name` past its `after`-th event, in order (the primary key serves it).
-    pub async fn history_after(
-        &self,
-        name: &str,
-        after: u64,
-    ) -> Result<Vec<HistoryEvent>, EngineError> {
-        let name = name.to_owned();
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = self
-            .db
-            .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT seq, timestamp, event_type, state, detail FROM history WHERE execution = ?1 AND seq > ?2 ORDER BY seq",
-                )?
-                .query_map(rusqlite::params![name, after], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                        row.get::<_, String>(4)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(seq, timestamp, event_type, state, detail)| {
-                Ok(HistoryEvent {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    timestamp: from_ms(timestamp),
-                    event_type,
-                    state,
-                    detail: parse_json(&detail)?,
-                })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -719,17 +731,23 @@ mod tests {
             wake_at: None,
         };
         assert_eq!(
-            store.apply("e", 1, &update, &[], now).await.expect("apply"),
+            store
+                .apply("e", 1, std::slice::from_ref(&update), &[], now)
+                .await
+                .expect("apply"),
             Some(2)
         );
         assert_eq!(
-            store.apply("e", 1, &update, &[], now).await.expect("stale"),
+            store
+                .apply("e", 1, std::slice::from_ref(&update), &[], now)
+                .await
+                .expect("stale"),
             None
         );
         assert!(store.abort("e", "E", "C", now).await.expect("abort"));
         assert_eq!(
             store
-                .apply("e", 3, &update, &[], now)
+                .apply("e", 3, std::slice::from_ref(&update), &[], now)
                 .await
                 .expect("aborted"),
             None
@@ -738,5 +756,223 @@ mod tests {
         assert_eq!(view.status, ExecutionStatus::Aborted);
         assert_eq!(view.current_state.as_deref(), Some("B"));
         assert_eq!(view.transitions, 2);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_advanced_in_memory_is_the_one_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let now = Utc::now();
+        store
+            .insert("e", &json!({"a": 1}), "A", None, &[], now)
+            .await
+            .expect("insert");
+        let mut cursor = store.cursor("e").await.expect("cursor").expect("exists");
+        // Not whole milliseconds: the database keeps milliseconds.
+        let later = now + chrono::Duration::microseconds(1_500_250);
+        let updates = [
+            Update::Enter {
+                state: "B".into(),
+                input: json!({"b": [2]}),
+                wake_at: Some(later + chrono::Duration::microseconds(10_000_300)),
+            },
+            Update::Attempt,
+            Update::Retry {
+                retry_counts: vec![0, 2],
+                wake_at: later + chrono::Duration::microseconds(300),
+            },
+            Update::Attempt,
+            Update::Enter {
+                state: "C".into(),
+                input: json!(3),
+                wake_at: None,
+            },
+            Update::Finish {
+                status: ExecutionStatus::Succeeded,
+                output: Some(json!(4)),
+                error: None,
+                cause: None,
+            },
+        ];
+        for update in updates {
+            let version = cursor.version;
+            let written = store
+                .apply("e", version, std::slice::from_ref(&update), &[], later)
+                .await
+                .expect("apply");
+            assert_eq!(written, Some(version + 1));
+            cursor.advance(&update, later);
+            let read = store.cursor("e").await.expect("cursor").expect("exists");
+            assert_eq!(cursor, read, "after {update:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_written_together_are_all_or_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let now = Utc::now();
+        store
+            .insert("e", &json!({}), "A", None, &[], now)
+            .await
+            .expect("insert");
+        let enter = |state: &str| Update::Enter {
+            state: state.into(),
+            input: json!(state),
+            wake_at: None,
+        };
+        let events = [
+            NewEvent::new("PassStateExited", Some("A"), json!({"output": "B"})),
+            NewEvent::new("PassStateEntered", Some("B"), json!({"input": "B"})),
+        ];
+        let steps = [enter("B"), enter("C"), Update::Attempt];
+        assert_eq!(
+            store
+                .apply("e", 1, &steps, &events, now)
+                .await
+                .expect("apply"),
+            Some(4)
+        );
+        // Based on a version that moved on: nothing of it is written.
+        assert_eq!(
+            store
+                .apply("e", 2, &steps, &events, now)
+                .await
+                .expect("stale"),
+            None
+        );
+        let view = store.view("e").await.expect("view").expect("exists");
+        assert_eq!(view.current_state.as_deref(), Some("C"));
+        assert_eq!(view.transitions, 3);
+        assert_eq!(view.history_events, 2);
+        let history = store.history("e").await.expect("history");
+        assert_eq!(history.len(), 2);
+    }
+
+    /// The schema before `executions_by_start` was dropped (it is a prefix of
+    /// `executions_by_start_name`).
+    const OLD_SCHEMA: &str = "
+        CREATE TABLE executions (
+            name TEXT PRIMARY KEY, input TEXT NOT NULL, status TEXT NOT NULL,
+            current_state TEXT NOT NULL, state_input TEXT NOT NULL,
+            state_entered_at INTEGER NOT NULL, retry_counts TEXT NOT NULL DEFAULT '[]',
+            wake_at INTEGER, output TEXT, error TEXT, cause TEXT, started_at INTEGER NOT NULL,
+            stopped_at INTEGER, transitions INTEGER NOT NULL DEFAULT 0,
+            history_events INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX executions_by_status ON executions (status, wake_at);
+        CREATE INDEX executions_by_start ON executions (started_at);
+        CREATE INDEX executions_by_start_name ON executions (started_at, name);
+        CREATE INDEX executions_by_status_start_name ON executions (status, started_at, name);
+        CREATE TABLE history (
+            execution TEXT NOT NULL, seq INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+            event_type TEXT NOT NULL, state TEXT, detail TEXT NOT NULL,
+            PRIMARY KEY (execution, seq)
+        );
+        INSERT INTO executions (name, input, status, current_state, state_input,
+            state_entered_at, wake_at, started_at, transitions, history_events, version)
+        VALUES ('old', '{\"a\":1}', 'RUNNING', 'A', '{\"a\":1}', 1000, 5000, 1000, 1, 1, 1),
+               ('done', '{}', 'SUCCEEDED', 'B', '{}', 1000, NULL, 1000, 2, 0, 3);
+        INSERT INTO history VALUES ('old', 1, 1000, 'ExecutionStarted', NULL, '{\"input\":{\"a\":1}}');
+    ";
+
+    #[tokio::test]
+    async fn a_database_of_the_old_schema_opens_and_keeps_its_executions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("engine.db");
+        crate::sqlite::connect(&path)
+            .expect("connect")
+            .execute_batch(OLD_SCHEMA)
+            .expect("old schema");
+        let store = Store::open(&path).expect("open");
+        let indexes: Vec<String> = store
+            .db
+            .read(|conn| {
+                conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'executions' AND sql IS NOT NULL ORDER BY name")?
+                    .query_map([], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await
+            .expect("indexes");
+        assert_eq!(
+            indexes,
+            [
+                "executions_by_start_name",
+                "executions_by_status",
+                "executions_by_status_start_name"
+            ]
+        );
+        let cursor = store.cursor("old").await.expect("cursor").expect("kept");
+        assert_eq!(cursor.input, json!({"a": 1}));
+        assert_eq!(cursor.wake_at, Some(from_ms(5000)));
+        let names: Vec<String> = store
+            .list(None, 10)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|view| view.name)
+            .collect();
+        assert_eq!(names, ["old", "done"]);
+        assert_eq!(store.history("old").await.expect("history").len(), 1);
+        // It goes on: the next step is written and its event numbered after the old one.
+        let update = Update::Attempt;
+        let event = NewEvent::new("TaskStarted", Some("A"), json!({}));
+        let written = store
+            .apply("old", 1, &[update], &[event], Utc::now())
+            .await
+            .expect("apply");
+        assert_eq!(written, Some(2));
+        let history = store.history("old").await.expect("history");
+        assert_eq!(history.last().map(|event| event.seq), Some(2));
+    }
+
+    #[tokio::test]
+    async fn the_due_executions_are_read_from_two_ranges_of_the_status_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let now = Utc::now();
+        let second = chrono::Duration::seconds(1);
+        // Started one second apart, oldest first: a (no wake-up), b (sleeping), c (due),
+        // d (ended).
+        for (i, (name, wake_at)) in [
+            ("a", None),
+            ("b", Some(now + second)),
+            ("c", Some(now - second)),
+            ("d", None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let started = now - second * (10 - i32::try_from(i).expect("small"));
+            store
+                .insert(name, &json!({}), "A", wake_at, &[], started)
+                .await
+                .expect("insert");
+        }
+        assert!(store.abort("d", "E", "C", now).await.expect("abort"));
+        let (due, next) = store.due(now).await.expect("due");
+        assert_eq!(due, ["a", "c"]);
+        assert_eq!(next, Some(from_ms(ms(now + second))));
+        let plan: Vec<String> = store
+            .db
+            .read(|conn| {
+                conn.prepare(&format!("EXPLAIN QUERY PLAN {DUE_QUERY}"))?
+                    .query_map([0], |row| row.get(3))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await
+            .expect("plan");
+        let searches: Vec<&String> = plan
+            .iter()
+            .filter(|line| line.contains("executions"))
+            .collect();
+        assert_eq!(
+            searches,
+            [
+                "SEARCH executions USING INDEX executions_by_status (status=? AND wake_at=?)",
+                "SEARCH executions USING INDEX executions_by_status (status=? AND wake_at<?)"
+            ],
+            "{plan:?}"
+        );
     }
 }

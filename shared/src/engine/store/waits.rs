@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
-use super::{NewEvent, Store, Update, append_events, apply_update, from_ms, ms, parse_json};
+use super::{
+    Cursor, NewEvent, Store, Update, append_events, apply_updates, cursor_from, from_ms, ms,
+    parse_json, read_cursor,
+};
 use crate::engine::error::EngineError;
 
 pub(super) const SCHEMA: &str = "
@@ -101,9 +104,10 @@ fn parse_answer(text: &str) -> Result<Answer, EngineError> {
     }
 }
 
-/// Closes the wait of `name`: its state is being left (or the execution ends).
+/// Closes the wait of `name`: its state is being left (or the execution ends). A closed
+/// wait is not rewritten (every transition calls this).
 pub(super) fn close(tx: &Connection, name: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE waits SET closed = 1 WHERE execution = ?1")?
+    tx.prepare_cached("UPDATE waits SET closed = 1 WHERE execution = ?1 AND closed = 0")?
         .execute([name])?;
     Ok(())
 }
@@ -134,24 +138,38 @@ fn read_wait(conn: &Connection, name: &str) -> rusqlite::Result<Option<WaitRow>>
     .optional()
 }
 
+fn wait_from(row: WaitRow) -> Result<Wait, EngineError> {
+    let (token, timeout, heartbeat, invoked, outcome, closed) = row;
+    Ok(Wait {
+        token,
+        timeout_at: from_ms(timeout),
+        heartbeat_at: heartbeat.map(from_ms),
+        invoked,
+        answer: outcome.as_deref().map(parse_answer).transpose()?,
+        closed,
+    })
+}
+
 impl Store {
-    /// Starts a token attempt at `version`: the attempt's events and its open wait, in one
-    /// transaction (replacing the execution's previous wait). The new version, or `None`
-    /// when the execution moved on. Relaxed: an attempt lost to a power cut runs again.
+    /// Starts a token attempt at `version`: `updates` (the last of them the attempt, as in
+    /// [`Store::apply`]), the events and the attempt's open wait, in one transaction
+    /// (replacing the execution's previous wait). The new version, or `None` when the
+    /// execution moved on. Relaxed: an attempt lost to a power cut runs again.
     pub async fn begin_wait(
         &self,
         name: &str,
         version: i64,
+        updates: &[Update],
         events: &[NewEvent],
         wait: NewWait,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, EngineError> {
-        let (name, events) = (name.to_owned(), events.to_vec());
+        let (name, updates, events) = (name.to_owned(), updates.to_vec(), events.to_vec());
         self.db
             .write_relaxed(move |tx| {
-                if apply_update(tx, &name, version, &Update::Attempt, now)? == 0 {
+                let Some(version) = apply_updates(tx, &name, version, &updates, now)? else {
                     return Ok(None);
-                }
+                };
                 append_events(tx, &name, &events, now)?;
                 let heartbeat_at = wait.heartbeat_seconds.map(|seconds| {
                     now + chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
@@ -168,7 +186,7 @@ impl Store {
                         .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
                     heartbeat_at.map(ms)
                 ])?;
-                Ok(Some(version + 1))
+                Ok(Some(version))
             })
             .await
     }
@@ -177,29 +195,40 @@ impl Store {
     pub async fn wait(&self, name: &str) -> Result<Option<Wait>, EngineError> {
         let name = name.to_owned();
         let row = self.db.read(move |conn| read_wait(conn, &name)).await?;
-        row.map(|(token, timeout, heartbeat, invoked, outcome, closed)| {
-            Ok(Wait {
-                token,
-                timeout_at: from_ms(timeout),
-                heartbeat_at: heartbeat.map(from_ms),
-                invoked,
-                answer: outcome.as_deref().map(parse_answer).transpose()?,
-                closed,
+        row.map(wait_from).transpose()
+    }
+
+    /// Where execution `name` is and the wait of its current (or last) token attempt, in
+    /// one read; `None` when it does not exist.
+    pub async fn position(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Cursor, Option<Wait>)>, EngineError> {
+        let name = name.to_owned();
+        let rows = self
+            .db
+            .read(move |conn| {
+                let Some(cursor) = read_cursor(conn, &name)? else {
+                    return Ok(None);
+                };
+                Ok::<_, rusqlite::Error>(Some((cursor, read_wait(conn, &name)?)))
             })
-        })
-        .transpose()
+            .await?;
+        rows.map(|(cursor, wait)| Ok((cursor_from(cursor)?, wait.map(wait_from).transpose()?)))
+            .transpose()
     }
 
     /// The handler of the attempt holding `token` returned: the execution now sleeps until
     /// the wait's deadline, or is due at once when the token was answered meanwhile.
-    /// `events` (`TaskSubmitted`) are written with it. False when the wait is over.
+    /// `events` (`TaskSubmitted`) are written with it. The wake-up time set, or `None` when
+    /// the wait is over.
     pub async fn waiting(
         &self,
         name: &str,
         token: &str,
         events: &[NewEvent],
         now: DateTime<Utc>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<DateTime<Utc>>, EngineError> {
         let (name, token, events) = (name.to_owned(), token.to_owned(), events.to_vec());
         self.db
             .write_relaxed(move |tx| {
@@ -209,16 +238,16 @@ impl Store {
                     )?
                     .execute(params![name, token])?;
                 if changed == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 append_events(tx, &name, &events, now)?;
                 let Some((_, timeout, heartbeat, _, outcome, _)) = read_wait(tx, &name)? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let deadline = heartbeat.map_or(timeout, |beat| beat.min(timeout));
-                let due = if outcome.is_some() { ms(now) } else { deadline };
-                wake_at(tx, &name, from_ms(due))?;
-                Ok(true)
+                let due = from_ms(if outcome.is_some() { ms(now) } else { deadline });
+                wake_at(tx, &name, due)?;
+                Ok(Some(due))
             })
             .await
     }

@@ -514,3 +514,46 @@ async fn open_rejects_a_task_without_handler() {
     };
     assert!(err.to_string().contains("\"work\""), "{err}");
 }
+
+#[tokio::test]
+async fn a_long_loop_of_states_that_call_nothing_runs_to_its_end_with_every_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = manual_clock();
+    // 100 rounds of Pass and Choice: more steps than are kept in memory before a write.
+    let definition = r#"{
+      "StartAt": "Count",
+      "States": {
+        "Count": {"Type": "Pass", "Parameters": {"n.$": "States.MathAdd($.n, 1)"}, "Next": "More"},
+        "More": {
+          "Type": "Choice",
+          "Choices": [{"Variable": "$.n", "NumericLessThan": 100, "Next": "Count"}],
+          "Default": "Done"
+        },
+        "Done": {"Type": "Succeed"}
+      }
+    }"#;
+    let engine = open(&dir.path().join("e.db"), definition, vec![], &clock);
+    let view = run_to_end(&engine, "loop", json!({"n": 0})).await;
+    assert_eq!(view.status, ExecutionStatus::Succeeded);
+    assert_eq!(view.output, Some(json!({"n": 100})));
+    assert_eq!(view.transitions, 201);
+    let history = engine.history("loop").await.expect("history");
+    assert_eq!(history.len(), 1 + 100 * 4 + 3);
+    assert_eq!(u64::try_from(history.len()).ok(), Some(view.history_events));
+    let last_rounds: Vec<(&str, &Value)> = history[history.len() - 7..]
+        .iter()
+        .map(|event| (event.event_type.as_str(), &event.detail))
+        .collect();
+    assert_eq!(
+        last_rounds,
+        [
+            ("PassStateEntered", &json!({"input": {"n": 99}})),
+            ("PassStateExited", &json!({"output": {"n": 100}})),
+            ("ChoiceStateEntered", &json!({"input": {"n": 100}})),
+            ("ChoiceStateExited", &json!({"output": {"n": 100}})),
+            ("SucceedStateEntered", &json!({"input": {"n": 100}})),
+            ("SucceedStateExited", &json!({"output": {"n": 100}})),
+            ("ExecutionSucceeded", &json!({"output": {"n": 100}})),
+        ]
+    );
+}
