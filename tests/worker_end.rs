@@ -77,12 +77,30 @@ async fn an_end_that_resumes_nothing_is_caught_by_the_safety_net() {
     assert_eq!(status, 202, "{answer}");
     // The end is lost: the kept token is replaced by one no wait has, so the worker's exit
     // resumes nothing.
-    let kept = data.join("tokens").join("unheard");
-    eventually(WAIT, "the wait to be armed", async || {
-        kept.exists().then_some(())
+    let records_db = data.join("worker.db");
+    eventually(WAIT, "the worker records", async || {
+        records_db.exists().then_some(())
     })
     .await;
-    std::fs::write(&kept, "a-token-no-wait-has").unwrap();
+    let records = rusqlite::Connection::open(&records_db).unwrap();
+    records.busy_timeout(Duration::from_secs(10)).unwrap();
+    let kept = || {
+        records
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE task_id = 'unheard'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap_or(0)
+            > 0
+    };
+    eventually(WAIT, "the wait to be armed", async || kept().then_some(())).await;
+    records
+        .execute(
+            "UPDATE tokens SET token = 'a-token-no-wait-has' WHERE task_id = 'unheard'",
+            [],
+        )
+        .unwrap();
 
     let body = callback(&receiver, "unheard").await;
     assert_eq!(body["status"], "succeeded", "{body}");

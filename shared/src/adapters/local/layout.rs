@@ -59,10 +59,6 @@ impl WorkerDir {
     pub fn keep_until(&self) -> PathBuf {
         self.dir.join("keep_until.json")
     }
-    /// The [`crate::ports::DeliveryRecord`] of the callback the receiver accepted.
-    pub fn delivery(&self) -> PathBuf {
-        self.dir.join("delivered.json")
-    }
 }
 
 /// What the supervisor is doing, as written to `phase.json`.

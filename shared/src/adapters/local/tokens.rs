@@ -1,6 +1,7 @@
 //! `LocalTaskTokens`: the embedded mode's [`TaskTokens`]. The newest token of each task is
-//! a file `tokens/<task id>` in the data directory (it survives a restart of `serve`), and
-//! resuming answers it through the engine (`SendTaskSuccess`/`SendTaskFailure` in process).
+//! kept in the data directory's worker records ([`super::records`]; it survives a restart
+//! of `serve`), and resuming answers it through the engine
+//! (`SendTaskSuccess`/`SendTaskFailure` in process).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
@@ -8,7 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::layout::write_atomic;
+use super::records::LazyRecords;
 use crate::engine::{Engine, TokenError};
 use crate::ports::{PortError, TaskTokens};
 
@@ -18,17 +19,19 @@ enum Reply<'a> {
     Failure { error: &'a str, cause: &'a str },
 }
 
-/// Task tokens in files, answered by the embedded engine.
+/// Task tokens in the worker records, answered by the embedded engine.
 pub struct LocalTaskTokens {
-    dir: PathBuf,
+    data_dir: PathBuf,
+    records: LazyRecords,
     engine: OnceLock<Weak<Engine>>,
 }
 
 impl LocalTaskTokens {
-    /// Tokens under `data_dir/tokens`; nothing is answered until [`Self::attach`].
+    /// Tokens of `data_dir`; nothing is answered until [`Self::attach`].
     pub fn new(data_dir: &Path) -> Self {
         Self {
-            dir: data_dir.join("tokens"),
+            data_dir: data_dir.to_owned(),
+            records: LazyRecords::default(),
             engine: OnceLock::new(),
         }
     }
@@ -36,21 +39,6 @@ impl LocalTaskTokens {
     /// The engine the tokens belong to (built after the steps that keep them).
     pub fn attach(&self, engine: &Arc<Engine>) {
         let _ = self.engine.set(Arc::downgrade(engine));
-    }
-
-    fn path(&self, task_id: &str) -> PathBuf {
-        self.dir.join(task_id)
-    }
-
-    fn token(&self, task_id: &str) -> Result<Option<String>, PortError> {
-        match std::fs::read_to_string(self.path(task_id)) {
-            Ok(token) => Ok(Some(token)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(PortError::Transient(format!(
-                "cannot read the task token of {task_id} in {}: {err}",
-                self.dir.display()
-            ))),
-        }
     }
 
     fn engine(&self) -> Result<Arc<Engine>, PortError> {
@@ -61,9 +49,10 @@ impl LocalTaskTokens {
     }
 
     /// Answers the task's kept token with `answer`; false when no wait is open on it. An
-    /// answered token's file is removed.
+    /// answered token is forgotten.
     async fn answer(&self, task_id: &str, reply: Reply<'_>) -> Result<bool, PortError> {
-        let Some(token) = self.token(task_id)? else {
+        let records = self.records.get(&self.data_dir)?;
+        let Some(token) = records.token(task_id).await? else {
             return Ok(false);
         };
         let engine = self.engine()?;
@@ -73,7 +62,9 @@ impl LocalTaskTokens {
         };
         match answered {
             Ok(()) => {
-                let _ = std::fs::remove_file(self.path(task_id));
+                if let Err(err) = records.forget_token(task_id, &token).await {
+                    tracing::warn!(task_id, error = %err, "an answered task token could not be forgotten; answering it again is refused");
+                }
                 Ok(true)
             }
             Err(TokenError::InvalidToken | TokenError::TaskTimedOut) => Ok(false),
@@ -85,16 +76,10 @@ impl LocalTaskTokens {
 #[async_trait]
 impl TaskTokens for LocalTaskTokens {
     async fn keep(&self, task_id: &str, token: &str) -> Result<(), PortError> {
-        let write = || {
-            std::fs::create_dir_all(&self.dir)?;
-            write_atomic(&self.path(task_id), token.as_bytes())
-        };
-        write().map_err(|err| {
-            PortError::Transient(format!(
-                "cannot keep the task token of {task_id} in {}: {err}",
-                self.dir.display()
-            ))
-        })
+        self.records
+            .get(&self.data_dir)?
+            .keep_token(task_id, token)
+            .await
     }
 
     async fn resume(&self, task_id: &str, output: &Value) -> Result<bool, PortError> {

@@ -20,6 +20,7 @@ use super::layout::{
     read_pid, signal_ok, task_group, write_json,
 };
 use super::link::{Connection, HostLink, LostHook};
+use super::records::LazyRecords;
 use super::supervisor::{PipedSecret, SupervisorInput, TaskSecret};
 use crate::auth::task_token::TaskTokens;
 use crate::ports::{
@@ -79,6 +80,7 @@ pub struct LocalWorker {
     on_end: Option<TaskEndHook>,
     tokens: TaskTokens,
     api_url: OnceLock<String>,
+    records: LazyRecords,
 }
 
 /// The environment variable a task finds its task token in.
@@ -98,6 +100,7 @@ impl LocalWorker {
             secrets,
             on_end: None,
             api_url: OnceLock::new(),
+            records: LazyRecords::default(),
         }
     }
 
@@ -659,19 +662,22 @@ impl WorkerBackend for LocalWorker {
         handle: &WorkerHandle,
         delivery: &DeliveryRecord,
     ) -> Result<(), PortError> {
-        let worker = self.worker_dir(&Self::task_id_of(handle)?);
-        std::fs::create_dir_all(&worker.dir)
-            .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
-        write_json(&worker.delivery(), delivery)
-            .map_err(|e| io_error("write", &worker.delivery(), e))
+        let task_id = Self::task_id_of(handle)?;
+        self.records
+            .get(&self.config.data_dir)?
+            .record_delivery(&task_id, delivery)
+            .await
     }
 
     async fn recorded_delivery(
         &self,
         handle: &WorkerHandle,
     ) -> Result<Option<DeliveryRecord>, PortError> {
-        let worker = self.worker_dir(&Self::task_id_of(handle)?);
-        Ok(read_json(&worker.delivery()))
+        let task_id = Self::task_id_of(handle)?;
+        self.records
+            .get(&self.config.data_dir)?
+            .delivery(&task_id)
+            .await
     }
 }
 

@@ -638,7 +638,7 @@ async fn a_supervisor_that_vanished_is_reported_as_an_error() {
 }
 
 #[tokio::test]
-async fn a_delivery_is_recorded_beside_the_worker() {
+async fn a_delivery_is_recorded_in_the_worker_records() {
     let fixture = Fixture::new(&[], &[]);
     let handle = fixture
         .worker
