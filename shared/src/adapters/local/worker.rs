@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -81,6 +82,8 @@ pub struct LocalWorker {
     tokens: TaskTokens,
     api_url: OnceLock<String>,
     records: LazyRecords,
+    /// The pid of the host this server last connected to (0: none yet).
+    last_host: AtomicI32,
 }
 
 /// The environment variable a task finds its task token in.
@@ -101,6 +104,7 @@ impl LocalWorker {
             on_end: None,
             api_url: OnceLock::new(),
             records: LazyRecords::default(),
+            last_host: AtomicI32::new(0),
         }
     }
 
@@ -168,16 +172,21 @@ impl LocalWorker {
             }
             None => Arc::new(|| {}),
         };
-        self.host
+        let connection = self
+            .host
             .connection(on_end, on_lost)
             .await
-            .map_err(PortError::Transient)
+            .map_err(PortError::Transient)?;
+        self.last_host.store(connection.pid, Ordering::Relaxed);
+        Ok(connection)
     }
 
     /// Whether `pid` is the data directory's worker host (the one that holds its lock now,
     /// or held it last).
     fn is_host(&self, pid: i32) -> bool {
-        read_pid(&self.config.data_dir.join(HOST_PID_FILE)) == Some(pid)
+        // The host we talk to needs no read of its pid file (asked on every status).
+        pid == self.last_host.load(Ordering::Relaxed)
+            || read_pid(&self.config.data_dir.join(HOST_PID_FILE)) == Some(pid)
     }
 
     fn worker_dir(&self, task_id: &str) -> WorkerDir {
@@ -284,7 +293,13 @@ impl LocalWorker {
     /// The process that runs the task and has not recorded its end: the worker host (until
     /// `end.json` is written), or a supervisor process of an older version.
     fn live_supervisor(&self, worker: &WorkerDir) -> Option<i32> {
-        supervisor_pid(worker)
+        self.alive_unended(supervisor_pid(worker), worker)
+    }
+
+    /// `supervisor` (the pid the worker's records name), when it runs and, being the host,
+    /// has not recorded the task's end yet.
+    fn alive_unended(&self, supervisor: Option<i32>, worker: &WorkerDir) -> Option<i32> {
+        supervisor
             .filter(|pid| process_exists(*pid))
             .filter(|pid| !(self.is_host(*pid) && worker.end().exists()))
     }
@@ -296,8 +311,8 @@ impl LocalWorker {
     /// A stop to the host (SIGTERM to an older version's supervisor) and SIGTERM to the
     /// task's group; SIGKILL to the group after the grace period, and to an old supervisor a
     /// little later (it needs a moment to write its end).
-    async fn stop_processes(&self, task_id: &str, worker: &WorkerDir) {
-        let supervisor = self.live_supervisor(worker);
+    async fn stop_processes(&self, task_id: &str, worker: &WorkerDir, started: &Started) {
+        let supervisor = self.alive_unended(started.supervisor, worker);
         let hosted = supervisor.is_some_and(|pid| self.is_host(pid));
         let group = Self::live_group(worker);
         if hosted {
@@ -360,11 +375,27 @@ fn supervisor_pid(worker: &WorkerDir) -> Option<i32> {
         .or_else(|| read_pid(&worker.supervisor_pid()))
 }
 
-/// The spec of a started task (an older version wrote `spec.json`).
-fn started_spec(worker: &WorkerDir) -> Option<TaskSpec> {
-    read_json::<StartRecord>(&worker.start_lock())
-        .map(|record| record.spec)
-        .or_else(|| read_json(&worker.spec()))
+/// What the start left in a worker directory: the pid that runs the task and its spec,
+/// read at once (the start record holds the whole spec; an older version wrote
+/// `supervisor.pid` and `spec.json`).
+struct Started {
+    supervisor: Option<i32>,
+    spec: Option<TaskSpec>,
+}
+
+impl Started {
+    fn read(worker: &WorkerDir) -> Self {
+        match read_json::<StartRecord>(&worker.start_lock()) {
+            Some(record) => Self {
+                supervisor: Some(record.pid),
+                spec: Some(record.spec),
+            },
+            None => Self {
+                supervisor: read_pid(&worker.supervisor_pid()),
+                spec: read_json(&worker.spec()),
+            },
+        }
+    }
 }
 
 fn worker_dir(data_dir: &Path, task_id: &str) -> WorkerDir {
@@ -565,10 +596,14 @@ impl WorkerBackend for LocalWorker {
         let task_id = Self::task_id_of(handle)?;
         let worker = self.worker_dir(&task_id);
         let task = task_phase(&worker);
-        let kept = started_spec(&worker).is_some_and(|spec| !spec.terminate_on_completion)
+        let started = Started::read(&worker);
+        let kept = started
+            .spec
+            .is_some_and(|spec| !spec.terminate_on_completion)
             && self.workspace(&task_id).exists();
-        let worker_alive =
-            self.live_supervisor(&worker).is_some() || Self::live_group(&worker).is_some() || kept;
+        let worker_alive = kept
+            || self.alive_unended(started.supervisor, &worker).is_some()
+            || Self::live_group(&worker).is_some();
         Ok(WorkerStatus { task, worker_alive })
     }
 
@@ -606,8 +641,12 @@ impl WorkerBackend for LocalWorker {
             write_json(&worker.terminate_marker(), &marker)
                 .map_err(|e| io_error("write", &worker.terminate_marker(), e))?;
         }
+        let started = Started::read(&worker);
         let keep = reason == TerminateReason::Completed
-            && started_spec(&worker).is_some_and(|s| !s.terminate_on_completion);
+            && started
+                .spec
+                .as_ref()
+                .is_some_and(|s| !s.terminate_on_completion);
         let workspace = self.workspace(&task_id);
         if keep {
             if Self::kept_until(&worker).is_none() {
@@ -620,7 +659,7 @@ impl WorkerBackend for LocalWorker {
             }
             return Ok(());
         }
-        self.stop_processes(&task_id, &worker).await;
+        self.stop_processes(&task_id, &worker, &started).await;
         super::workspace::remove(&workspace, self.config.tasks_dir.as_deref())
             .map_err(|e| io_error("remove the workspace", &workspace, e))?;
         let _ = std::fs::remove_file(worker.keep_until());
