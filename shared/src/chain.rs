@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +37,19 @@ async fn descendants(
     parent: &ExecutionView,
     running_only: bool,
 ) -> Result<Vec<ExecutionView>, PortError> {
-    let since = parent.started_at;
-    let Ok(parent) = TaskId::parse(&parent.name) else {
+    let Ok(parent_id) = TaskId::parse(&parent.name) else {
         return Ok(Vec::new());
     };
+    descendants_since(orchestrator, &parent_id, parent.started_at, running_only).await
+}
+
+/// [`descendants`] of the task `parent`, reading only executions started since `since`.
+async fn descendants_since(
+    orchestrator: &dyn Orchestrator,
+    parent: &TaskId,
+    since: DateTime<Utc>,
+    running_only: bool,
+) -> Result<Vec<ExecutionView>, PortError> {
     let mut found = Vec::new();
     let mut token = None;
     loop {
@@ -69,8 +79,20 @@ pub async fn children(
     orchestrator: &dyn Orchestrator,
     parent: &ExecutionView,
 ) -> Result<Vec<ChildRef>, PortError> {
-    let depth = parent.name.matches('.').count() + 1;
-    let mut children: Vec<ChildRef> = descendants(orchestrator, parent, false)
+    match TaskId::parse(&parent.name) {
+        Ok(id) => children_since(orchestrator, &id, parent.started_at).await,
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// [`children`] of the task `parent`, which started before `since` (its children after).
+async fn children_since(
+    orchestrator: &dyn Orchestrator,
+    parent: &TaskId,
+    since: DateTime<Utc>,
+) -> Result<Vec<ChildRef>, PortError> {
+    let depth = parent.depth() + 1;
+    let mut children: Vec<ChildRef> = descendants_since(orchestrator, parent, since, false)
         .await?
         .iter()
         .filter(|execution| execution.name.matches('.').count() == depth)
@@ -129,11 +151,14 @@ impl ChildIndex {
     }
 
     /// The children of `parent`, whose execution runs in the state machine
-    /// `state_machine_arn` (when known); none when no orchestrator can be reached.
+    /// `state_machine_arn` (when known); none when no orchestrator can be reached. With
+    /// `submitted_at`, when the parent's worker was started (its children were submitted
+    /// after it), the parent's execution is not read.
     pub async fn children(
         &self,
         parent: &TaskId,
         state_machine_arn: Option<&str>,
+        submitted_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<ChildRef>, PortError> {
         let orchestrator = match (self.attached.get().and_then(Weak::upgrade), &self.by_arn) {
             (Some(orchestrator), _) => orchestrator,
@@ -143,6 +168,11 @@ impl ChildIndex {
             },
             (None, None) => return Ok(Vec::new()),
         };
+        if let Some(submitted_at) = submitted_at {
+            // A margin for clocks that differ (the orchestrator's and the steps').
+            let since = submitted_at - chrono::Duration::minutes(1);
+            return children_since(orchestrator.as_ref(), parent, since).await;
+        }
         match orchestrator.describe(parent.as_str()).await? {
             Some(execution) => children(orchestrator.as_ref(), &execution).await,
             None => Ok(Vec::new()),

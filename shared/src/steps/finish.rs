@@ -182,7 +182,11 @@ pub async fn finish_and_callback(
     let mut body = callback_body(&task, &end, tail);
     body.children = steps
         .children
-        .children(&task.task_id, state_machine_arn.as_deref())
+        .children(
+            &task.task_id,
+            state_machine_arn.as_deref(),
+            run.as_ref().map(|run| run.submitted_at),
+        )
         .await
         .map_err(|err| StepError::from_port(err, errors::TRANSIENT))?;
 
