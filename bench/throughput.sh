@@ -8,6 +8,8 @@
 # which runs the tasks), peak RSS, and the ratios.
 # BENCH_BASELINE_BIN=/path/to/an/older/taskrunner also runs that binary, in the same run,
 # as a third column ("before"). BENCH_KEEP=1 keeps the temp dir. Needs cargo and python3.
+# Removing the temp dir at the end makes file creation dearer for a few minutes on ext4
+# without a journal: leave about 6 minutes between runs there.
 set -uo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -56,14 +58,15 @@ run_taskrunner() {
     SERVE_PID=""
 }
 
+# The current build runs before the older one: an older build removes directories as it
+# goes, and on ext4 without a journal every file created in the next minutes is searched
+# for past the inodes deleted (see the README's performance section).
+TR="$(run_taskrunner taskrunner)" || exit 1
 BASE='null'
 if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
-    CURRENT_BIN="$TASKRUNNER_BIN"
     TASKRUNNER_BIN="$BENCH_BASELINE_BIN"
     BASE="$(run_taskrunner before)" || exit 1
-    TASKRUNNER_BIN="$CURRENT_BIN"
 fi
-TR="$(run_taskrunner taskrunner)" || exit 1
 
 python3 - "$PY" "$TR" "$BASE" <<'EOF2'
 import json, sys
