@@ -97,18 +97,24 @@ impl Records {
             .map_err(records_error)
     }
 
-    /// The task's newest kept token.
-    pub async fn token(&self, task_id: &str) -> Result<Option<String>, PortError> {
+    /// The one text column `query` selects for `task_id`, if it has a row.
+    async fn text(&self, query: &'static str, task_id: &str) -> Result<Option<String>, PortError> {
         let id = task_id.to_owned();
-        let row: Option<String> = self
-            .db
+        self.db
             .read(move |conn| {
-                conn.prepare_cached("SELECT token FROM tokens WHERE task_id = ?1")?
+                conn.prepare_cached(query)?
                     .query_row(params![id], |row| row.get(0))
                     .optional()
             })
             .await
-            .map_err(records_error)?;
+            .map_err(records_error)
+    }
+
+    /// The task's newest kept token.
+    pub async fn token(&self, task_id: &str) -> Result<Option<String>, PortError> {
+        let row = self
+            .text("SELECT token FROM tokens WHERE task_id = ?1", task_id)
+            .await?;
         if row.is_some() {
             return Ok(row);
         }
@@ -158,16 +164,9 @@ impl Records {
 
     /// The record of the task's accepted callback, if there is one.
     pub async fn delivery(&self, task_id: &str) -> Result<Option<DeliveryRecord>, PortError> {
-        let id = task_id.to_owned();
-        let row: Option<String> = self
-            .db
-            .read(move |conn| {
-                conn.prepare_cached("SELECT record FROM deliveries WHERE task_id = ?1")?
-                    .query_row(params![id], |row| row.get(0))
-                    .optional()
-            })
-            .await
-            .map_err(records_error)?;
+        let row = self
+            .text("SELECT record FROM deliveries WHERE task_id = ?1", task_id)
+            .await?;
         match row {
             Some(text) => serde_json::from_str(&text).map(Some).map_err(records_error),
             None => Ok(super::layout::read_json(
