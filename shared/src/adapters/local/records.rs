@@ -81,20 +81,33 @@ impl Records {
             .join("delivered.json")
     }
 
-    /// Keeps `token` as the task's newest token.
-    pub async fn keep_token(&self, task_id: &str, token: &str) -> Result<(), PortError> {
-        let (task_id, token) = (task_id.to_owned(), token.to_owned());
+    /// Runs `statement` with the task id and `value` as its two parameters.
+    async fn write(
+        &self,
+        statement: &'static str,
+        task_id: &str,
+        value: String,
+    ) -> Result<(), PortError> {
+        let task_id = task_id.to_owned();
         self.db
             .write_relaxed(move |tx| {
-                tx.prepare_cached(
-                    "INSERT INTO tokens (task_id, token) VALUES (?1, ?2)
-                     ON CONFLICT (task_id) DO UPDATE SET token = excluded.token",
-                )?
-                .execute(params![task_id, token])
-                .map(drop)
+                tx.prepare_cached(statement)?
+                    .execute(params![task_id, value])
+                    .map(drop)
             })
             .await
             .map_err(records_error)
+    }
+
+    /// Keeps `token` as the task's newest token.
+    pub async fn keep_token(&self, task_id: &str, token: &str) -> Result<(), PortError> {
+        self.write(
+            "INSERT INTO tokens (task_id, token) VALUES (?1, ?2)
+             ON CONFLICT (task_id) DO UPDATE SET token = excluded.token",
+            task_id,
+            token.to_owned(),
+        )
+        .await
     }
 
     /// The one text column `query` selects for `task_id`, if it has a row.
@@ -130,15 +143,12 @@ impl Records {
     /// Forgets the task's token once it was answered, unless a newer one was kept meanwhile.
     pub async fn forget_token(&self, task_id: &str, token: &str) -> Result<(), PortError> {
         let _ = std::fs::remove_file(self.legacy_token_file(task_id));
-        let (task_id, token) = (task_id.to_owned(), token.to_owned());
-        self.db
-            .write_relaxed(move |tx| {
-                tx.prepare_cached("DELETE FROM tokens WHERE task_id = ?1 AND token = ?2")?
-                    .execute(params![task_id, token])
-                    .map(drop)
-            })
-            .await
-            .map_err(records_error)
+        self.write(
+            "DELETE FROM tokens WHERE task_id = ?1 AND token = ?2",
+            task_id,
+            token.to_owned(),
+        )
+        .await
     }
 
     /// Records that the task's callback was accepted by its receiver.
@@ -147,19 +157,14 @@ impl Records {
         task_id: &str,
         record: &DeliveryRecord,
     ) -> Result<(), PortError> {
-        let task_id = task_id.to_owned();
         let record = serde_json::to_string(record).map_err(records_error)?;
-        self.db
-            .write_relaxed(move |tx| {
-                tx.prepare_cached(
-                    "INSERT INTO deliveries (task_id, record) VALUES (?1, ?2)
-                     ON CONFLICT (task_id) DO UPDATE SET record = excluded.record",
-                )?
-                .execute(params![task_id, record])
-                .map(drop)
-            })
-            .await
-            .map_err(records_error)
+        self.write(
+            "INSERT INTO deliveries (task_id, record) VALUES (?1, ?2)
+             ON CONFLICT (task_id) DO UPDATE SET record = excluded.record",
+            task_id,
+            record,
+        )
+        .await
     }
 
     /// The record of the task's accepted callback, if there is one.
