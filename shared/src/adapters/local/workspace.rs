@@ -75,12 +75,19 @@ pub fn create(workspace: &Path, with_tasks: bool) -> io::Result<()> {
 pub fn sync_tasks(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::create_dir_all(to)?;
     prune(to, Some(from))?;
+    copy_missing(from, to)
+}
+
+/// Copies into `to` what of the tree `from` it does not have (after [`prune`], what it
+/// has is equal).
+fn copy_missing(from: &Path, to: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let source = entry.path();
         let target = to.join(entry.file_name());
         if source.is_dir() {
-            sync_tasks(&source, &target)?;
+            std::fs::create_dir_all(&target)?;
+            copy_missing(&source, &target)?;
         } else if source.is_file() && !target.exists() {
             std::fs::copy(&source, &target)?;
         }
