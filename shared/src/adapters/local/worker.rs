@@ -370,9 +370,7 @@ struct StartRecord {
 /// The pid of the process that runs the task: the worker host's, from the start lock; an
 /// older version's supervisor wrote its own into `supervisor.pid`.
 fn supervisor_pid(worker: &WorkerDir) -> Option<i32> {
-    read_json::<StartRecord>(&worker.start_lock())
-        .map(|record| record.pid)
-        .or_else(|| read_pid(&worker.supervisor_pid()))
+    Started::read(worker).supervisor
 }
 
 /// What the start left in a worker directory: the pid that runs the task and its spec,
@@ -446,7 +444,7 @@ fn watch_unended(data_dir: &Path, hook: TaskEndHook) {
 }
 
 /// What the files of a worker say about its task.
-fn task_phase(worker: &WorkerDir) -> TaskPhase {
+fn task_phase(worker: &WorkerDir, started: &Started) -> TaskPhase {
     if let Some(end) = read_json::<TaskEnd>(&worker.end()) {
         return TaskPhase::Ended(end);
     }
@@ -457,7 +455,7 @@ fn task_phase(worker: &WorkerDir) -> TaskPhase {
             None => TaskPhase::Pending,
         };
     }
-    let Some(pid) = supervisor_pid(worker) else {
+    let Some(pid) = started.supervisor else {
         return TaskPhase::Pending;
     };
     if process_exists(pid) {
@@ -595,8 +593,8 @@ impl WorkerBackend for LocalWorker {
     async fn status(&self, handle: &WorkerHandle) -> Result<WorkerStatus, PortError> {
         let task_id = Self::task_id_of(handle)?;
         let worker = self.worker_dir(&task_id);
-        let task = task_phase(&worker);
         let started = Started::read(&worker);
+        let task = task_phase(&worker, &started);
         let kept = started
             .spec
             .is_some_and(|spec| !spec.terminate_on_completion)

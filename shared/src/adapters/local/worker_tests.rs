@@ -630,7 +630,7 @@ async fn a_supervisor_that_vanished_is_reported_as_an_error() {
     gone.wait().unwrap();
     std::fs::write(worker.start_lock(), "").unwrap();
     super::super::layout::write_pid(&worker.supervisor_pid(), pid).unwrap();
-    let TaskPhase::Ended(end) = task_phase(&worker) else {
+    let TaskPhase::Ended(end) = task_phase(&worker, &Started::read(&worker)) else {
         panic!("not ended");
     };
     assert_eq!(end.outcome, Outcome::Error);
