@@ -98,11 +98,6 @@ pub struct Pinning {
 }
 
 impl Pinning {
-    /// The chosen CPUs.
-    pub fn cpus(&self) -> &[usize] {
-        &self.cpus
-    }
-
     /// The chosen CPUs as an affinity mask.
     pub fn set(&self) -> libc::cpu_set_t {
         // SAFETY: cpu_set_t is plain data; CPU_SET writes within the set.
