@@ -2,20 +2,28 @@
 //! connection, one reader thread owns a read connection, and async code hands them closures
 //! through channels and awaits the answer.
 //!
-//! Writes are group-committed: the writer drains whatever is queued, runs each job in its own
-//! savepoint inside one transaction, commits once, and only then answers. A batch holding a
+//! Writes are group-committed: the writer takes queued jobs, runs each in its own savepoint
+//! inside one transaction, commits once, and only then answers. A batch holding a
 //! [`Db::write`] commits with `synchronous=FULL` (one fsync of the WAL for the whole batch,
 //! which also makes every earlier commit durable): an answered `write` is on disk. A batch of
 //! [`Db::write_relaxed`] only commits with `synchronous=NORMAL`: it survives a crash or
 //! `kill -9` of the process at once, and a power loss from the next durable write on.
+//!
+//! Durable writes are what callers wait on (an accepted task, a stored secret, a cancel), so
+//! they are taken before relaxed ones (the steps that follow), and a batch stops taking jobs
+//! after [`BATCH_BUDGET`] of work: under a burst of steps a durable write waits for at most
+//! the batch being run, not for everything queued before it. Two writes that are pending at
+//! once have no order between them; a caller that awaits one write before the next keeps its
+//! own order.
 //! Reads see every answered write (WAL readers start a fresh snapshot per statement outside
 //! a transaction).
 //!
 //! Not here: connection pools. One reader is enough for the short indexed reads we do.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -27,6 +35,10 @@ const PAGE_SIZE: i64 = 2048;
 
 /// At most this many writes share one transaction.
 const MAX_BATCH: usize = 512;
+
+/// A batch takes no more jobs once it has run this long: what a durable write may wait for
+/// behind a batch of steps (plus the jobs before it in its own batch and the commit).
+const BATCH_BUDGET: Duration = Duration::from_millis(2);
 
 /// A write job: runs on the connection (inside its savepoint), or is told why it cannot;
 /// says whether to keep its changes and gives back what answers the caller once the batch
@@ -48,15 +60,16 @@ enum Sync {
 /// finish what is queued and waits until they have closed their connections.
 pub struct Db {
     path: PathBuf,
-    writer: mpsc::Sender<(Sync, WriteJob)>,
+    writes: Arc<WriteQueue>,
     reader: mpsc::Sender<ReadJob>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        // Replacing the senders drops ours, which ends each thread's receive loop.
-        self.writer = mpsc::channel().0;
+        // The writer runs what is queued, then ends; replacing the read sender drops ours,
+        // which ends the reader's receive loop.
+        self.writes.close();
         self.reader = mpsc::channel().0;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -107,7 +120,7 @@ impl Db {
         init(&write_conn)?;
         let read_conn = connect(path)?;
         read_conn.pragma_update(None, "query_only", true)?;
-        let (writer, writes) = mpsc::channel::<(Sync, WriteJob)>();
+        let writes = Arc::new(WriteQueue::default());
         let (reader, reads) = mpsc::channel::<ReadJob>();
         let spawn_error = |err: std::io::Error| {
             failure(
@@ -115,10 +128,13 @@ impl Db {
                 format!("cannot start a database thread: {err}"),
             )
         };
-        let write_thread = std::thread::Builder::new()
-            .name(format!("{name}-writer"))
-            .spawn(move || write_loop(write_conn, &writes))
-            .map_err(spawn_error)?;
+        let write_thread = {
+            let writes = Arc::clone(&writes);
+            std::thread::Builder::new()
+                .name(format!("{name}-writer"))
+                .spawn(move || write_loop(write_conn, &writes))
+                .map_err(spawn_error)?
+        };
         let read_thread = std::thread::Builder::new()
             .name(format!("{name}-reader"))
             .spawn(move || {
@@ -129,7 +145,7 @@ impl Db {
             .map_err(spawn_error)?;
         Ok(Self {
             path: path.to_owned(),
-            writer,
+            writes,
             reader,
             threads: vec![write_thread, read_thread],
         })
@@ -187,7 +203,7 @@ impl Db {
             });
             (keep, reply)
         });
-        if self.writer.send((sync, boxed)).is_err() {
+        if !self.writes.push(sync, boxed) {
             return Err(stopped(&self.path).into());
         }
         answered
@@ -217,30 +233,92 @@ impl Db {
     }
 }
 
-/// The writer thread: one transaction per batch of queued jobs, one savepoint per job.
-fn write_loop(mut conn: Connection, writes: &mpsc::Receiver<(Sync, WriteJob)>) {
-    let mut current = Sync::Full;
-    while let Ok((first_sync, first)) = writes.recv() {
-        let mut sync = first_sync;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match writes.try_recv() {
-                Ok((job_sync, job)) => {
-                    if job_sync == Sync::Full {
-                        sync = Sync::Full;
-                    }
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
+/// The writes waiting for the writer thread, durable ones apart.
+#[derive(Default)]
+struct WriteQueue {
+    pending: Mutex<Pending>,
+    queued: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    durable: VecDeque<WriteJob>,
+    relaxed: VecDeque<WriteJob>,
+    closed: bool,
+}
+
+impl WriteQueue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `job`; false once the queue is closed.
+    fn push(&self, sync: Sync, job: WriteJob) -> bool {
+        let mut pending = self.lock();
+        if pending.closed {
+            return false;
         }
-        let mut replies = Vec::with_capacity(batch.len());
+        match sync {
+            Sync::Full => pending.durable.push_back(job),
+            Sync::Normal => pending.relaxed.push_back(job),
+        }
+        drop(pending);
+        self.queued.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.queued.notify_one();
+    }
+
+    /// Waits for a job; says how the batch it starts commits: durably when a durable job
+    /// waits. `None` once the queue is closed and empty.
+    fn wait(&self) -> Option<Sync> {
+        let mut pending = self.lock();
+        loop {
+            if !pending.durable.is_empty() {
+                return Some(Sync::Full);
+            }
+            if !pending.relaxed.is_empty() {
+                return Some(Sync::Normal);
+            }
+            if pending.closed {
+                return None;
+            }
+            pending = self
+                .queued
+                .wait(pending)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// The next job for a batch that commits with `sync`: durable jobs first; a relaxed
+    /// batch takes none (and no more jobs once one waits, so it is not kept waiting).
+    fn next(&self, sync: Sync) -> Option<WriteJob> {
+        let mut pending = self.lock();
+        match sync {
+            Sync::Full => pending
+                .durable
+                .pop_front()
+                .or_else(|| pending.relaxed.pop_front()),
+            Sync::Normal if pending.durable.is_empty() => pending.relaxed.pop_front(),
+            Sync::Normal => None,
+        }
+    }
+}
+
+/// The writer thread: one transaction per batch of queued jobs, one savepoint per job.
+fn write_loop(mut conn: Connection, writes: &WriteQueue) {
+    let mut current = Sync::Full;
+    while let Some(sync) = writes.wait() {
+        let mut replies = Vec::new();
         let committed = match set_sync(&conn, &mut current, sync) {
-            Ok(()) => run_batch(&mut conn, batch, &mut replies),
+            Ok(()) => run_batch(&mut conn, writes, sync, &mut replies),
             Err(message) => {
-                for job in batch {
-                    replies.push(job(Err(message.clone())).1);
-                }
+                fail_next(writes, sync, &message, &mut replies);
                 Err(message)
             }
         };
@@ -264,48 +342,56 @@ fn set_sync(conn: &Connection, current: &mut Sync, wanted: Sync) -> Result<(), S
     Ok(())
 }
 
+/// Runs the jobs of one batch in a transaction and commits it: jobs are taken until none
+/// is left, [`MAX_BATCH`] ran, or the batch has run for [`BATCH_BUDGET`].
 fn run_batch(
     conn: &mut Connection,
-    batch: Vec<WriteJob>,
+    writes: &WriteQueue,
+    sync: Sync,
     replies: &mut Vec<Reply>,
 ) -> Result<(), String> {
+    let started = Instant::now();
+    let next = |replies: &Vec<Reply>| {
+        if replies.len() >= MAX_BATCH || (!replies.is_empty() && started.elapsed() >= BATCH_BUDGET)
+        {
+            return None;
+        }
+        writes.next(sync)
+    };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(err) => {
             let message = format!("cannot begin a transaction: {err}");
-            for job in batch {
-                replies.push(job(Err(message.clone())).1);
-            }
+            fail_next(writes, sync, &message, replies);
             return Err(message);
         }
     };
-    // After a failure the batch is rolled back: the remaining jobs are told, not run.
-    let mut failed: Option<String> = None;
-    for job in batch {
-        if let Some(message) = &failed {
-            replies.push(job(Err(message.clone())).1);
-            continue;
-        }
-        match tx.savepoint() {
-            Ok(savepoint) => {
-                let (keep, reply) = job(Ok(&savepoint));
-                replies.push(reply);
-                // A dropped savepoint rolls back that job's changes only.
-                if keep && let Err(err) = savepoint.commit() {
-                    failed = Some(err.to_string());
-                }
-            }
+    while let Some(job) = next(replies) {
+        let savepoint = match tx.savepoint() {
+            Ok(savepoint) => savepoint,
             Err(err) => {
                 let message = err.to_string();
                 replies.push(job(Err(message.clone())).1);
-                failed = Some(message);
+                return Err(message);
             }
+        };
+        let (keep, reply) = job(Ok(&savepoint));
+        replies.push(reply);
+        // A dropped savepoint rolls back that job's changes only. After a failure the batch
+        // is rolled back and its jobs are told; the jobs not taken wait for the next batch.
+        if keep && let Err(err) = savepoint.commit() {
+            return Err(err.to_string());
         }
     }
-    if let Some(message) = failed {
-        return Err(message);
-    }
     tx.commit().map_err(|err| err.to_string())
+}
+
+/// Tells the next job for a batch that commits with `sync` why it cannot run, so that an
+/// error the writer cannot get past reaches the callers one by one instead of stalling them.
+fn fail_next(writes: &WriteQueue, sync: Sync, message: &str, replies: &mut Vec<Reply>) {
+    if let Some(job) = writes.next(sync) {
+        replies.push(job(Err(message.to_owned())).1);
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +454,147 @@ mod tests {
             .read(|conn| conn.execute("INSERT INTO t (k, v) VALUES ('x', 1)", []))
             .await;
         assert!(refused.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_durable_write_goes_before_the_relaxed_writes_queued_ahead_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = std::sync::Arc::new(open(dir.path()));
+        let order = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        let insert = |name: String, order: std::sync::Arc<Mutex<Vec<String>>>| {
+            move |conn: &Connection| {
+                order.lock().expect("order").push(name.clone());
+                conn.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [name])
+                    .map(|_| ())
+            }
+        };
+        // Holds the writer inside a relaxed batch while the others queue up.
+        let (started, has_started) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let blocker = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write_relaxed(move |conn| {
+                    let _ = started.send(());
+                    let _ = released.recv();
+                    conn.execute("INSERT INTO t (k, v) VALUES ('blocker', 0)", [])
+                        .map(|_| ())
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || has_started.recv())
+            .await
+            .expect("join")
+            .expect("the blocker runs");
+        let mut writes = Vec::new();
+        for i in 0..20 {
+            let (writer, job) = (db.clone(), insert(format!("relaxed{i}"), order.clone()));
+            writes.push(tokio::spawn(async move { writer.write_relaxed(job).await }));
+            // Queued one by one, so that the relaxed ones keep their order.
+            while db.writes.lock().relaxed.len() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        let (writer, job) = (db.clone(), insert("durable".into(), order.clone()));
+        writes.push(tokio::spawn(async move { writer.write(job).await }));
+        while db.writes.lock().durable.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("release");
+        blocker.await.expect("join").expect("blocker");
+        for write in writes {
+            write.await.expect("join").expect("insert");
+        }
+        let order = order.lock().expect("order").clone();
+        let mut expected = vec!["durable".to_owned()];
+        expected.extend((0..20).map(|i| format!("relaxed{i}")));
+        assert_eq!(order, expected);
+        assert_eq!(count(&db).await, 22);
+    }
+
+    /// A job as [`Db`] builds them: inserts `k`, sleeping first, and reports when it ran and
+    /// when its batch was committed.
+    fn logged_job(
+        k: usize,
+        sleep: Duration,
+        events: &std::sync::Arc<Mutex<Vec<String>>>,
+    ) -> WriteJob {
+        let events = events.clone();
+        Box::new(move |conn| {
+            std::thread::sleep(sleep);
+            let conn = conn.expect("a connection");
+            conn.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [format!("k{k}")])
+                .expect("insert");
+            events.lock().expect("events").push(format!("ran {k}"));
+            let reply: Reply = Box::new(move |committed| {
+                committed.expect("committed");
+                events
+                    .lock()
+                    .expect("events")
+                    .push(format!("committed {k}"));
+            });
+            (true, reply)
+        })
+    }
+
+    fn table(dir: &Path) -> Connection {
+        let conn = connect(&dir.join("t.db")).expect("connect");
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL);")
+            .expect("table");
+        conn
+    }
+
+    #[test]
+    fn a_long_queue_is_committed_in_batches_of_the_time_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = table(dir.path());
+        let queue = WriteQueue::default();
+        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        for k in 0..10 {
+            assert!(queue.push(Sync::Normal, logged_job(k, BATCH_BUDGET / 2, &events)));
+        }
+        queue.close();
+        write_loop(conn, &queue);
+        let events = events.lock().expect("events").clone();
+        let first_commit = events
+            .iter()
+            .position(|event| event == "committed 0")
+            .expect("job 0 committed");
+        let last_run = events
+            .iter()
+            .position(|event| event == "ran 9")
+            .expect("job 9 ran");
+        assert!(
+            first_commit < last_run,
+            "the first jobs must be committed before the queue is through: {events:?}"
+        );
+        assert_eq!(
+            events.iter().filter(|e| e.starts_with("committed")).count(),
+            10
+        );
+    }
+
+    #[test]
+    fn a_closed_queue_runs_what_it_holds_and_refuses_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = table(dir.path());
+        let queue = WriteQueue::default();
+        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        assert!(queue.push(Sync::Full, logged_job(0, Duration::ZERO, &events)));
+        assert!(queue.push(Sync::Normal, logged_job(1, Duration::ZERO, &events)));
+        queue.close();
+        assert!(!queue.push(Sync::Full, logged_job(2, Duration::ZERO, &events)));
+        write_loop(conn, &queue);
+        assert_eq!(
+            *events.lock().expect("events"),
+            ["ran 0", "ran 1", "committed 0", "committed 1"]
+        );
+        let conn = connect(&dir.path().join("t.db")).expect("reopen");
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(rows, 2);
     }
 
     async fn page_size(db: &Db) -> i64 {
