@@ -324,6 +324,47 @@ async fn a_killed_server_resumes_every_task_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_exits_cleanly_and_the_next_one_finishes_its_running_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    write_tasks(&tasks);
+    let data = tmp.path().join("data");
+    let receiver = Receiver::start(vec![]).await;
+    let mut server = Server::start(&data, &tasks, &[]);
+
+    let mut body = request("outlives-serve", "sleep.sh", &receiver);
+    body["worker_config"]["env_variables"]["SLEEP_SECONDS"] = json!(3);
+    let (status, _) = server.submit(&body).await;
+    assert_eq!(status, 202);
+    eventually(WAIT, "the task to run", async || {
+        (server.status("outlives-serve").await["status"] == "running").then_some(())
+    })
+    .await;
+    let stopped = server
+        .terminate(Duration::from_secs(10))
+        .expect("serve exits within 10 s of SIGTERM");
+    assert!(stopped.success(), "{stopped:?}\n{}", server.logs());
+    assert!(
+        server.logs().contains("running tasks go on"),
+        "{}",
+        server.logs()
+    );
+
+    let restarted = Server::start(&data, &tasks, &[]);
+    let callbacks = callbacks_for(&receiver, "outlives-serve", 1).await;
+    assert_eq!(
+        callbacks[0].json()["success"],
+        true,
+        "{}",
+        callbacks[0].json()
+    );
+    assert_eq!(
+        restarted.status("outlives-serve").await["status"],
+        "succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_the_same_data_dir_refuses_and_names_the_holder() {
     let tmp = tempfile::tempdir().unwrap();
     let tasks = tmp.path().join("tasks");
