@@ -98,12 +98,12 @@ impl<'a> Run<'a> {
         let written = match wait {
             Some(wait) => {
                 store
-                    .begin_wait(self.name, self.written, &updates, &events, wait, at)
+                    .begin_wait(self.name, self.written, updates, events, wait, at)
                     .await?
             }
             None => {
                 store
-                    .apply(self.name, self.written, &updates, &events, at)
+                    .apply(self.name, self.written, updates, events, at)
                     .await?
             }
         };

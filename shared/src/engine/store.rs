@@ -450,11 +450,11 @@ impl Store {
         &self,
         name: &str,
         version: i64,
-        updates: &[Update],
-        events: &[NewEvent],
+        updates: Vec<Update>,
+        events: Vec<NewEvent>,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, EngineError> {
-        let (name, updates, events) = (name.to_owned(), updates.to_vec(), events.to_vec());
+        let name = name.to_owned();
         self.db
             .write_relaxed(move |tx| {
                 let Some(version) = apply_updates(tx, &name, version, &updates, now)? else {
@@ -732,14 +732,14 @@ mod tests {
         };
         assert_eq!(
             store
-                .apply("e", 1, std::slice::from_ref(&update), &[], now)
+                .apply("e", 1, vec![update.clone()], vec![], now)
                 .await
                 .expect("apply"),
             Some(2)
         );
         assert_eq!(
             store
-                .apply("e", 1, std::slice::from_ref(&update), &[], now)
+                .apply("e", 1, vec![update.clone()], vec![], now)
                 .await
                 .expect("stale"),
             None
@@ -747,7 +747,7 @@ mod tests {
         assert!(store.abort("e", "E", "C", now).await.expect("abort"));
         assert_eq!(
             store
-                .apply("e", 3, std::slice::from_ref(&update), &[], now)
+                .apply("e", 3, vec![update.clone()], vec![], now)
                 .await
                 .expect("aborted"),
             None
@@ -797,7 +797,7 @@ mod tests {
         for update in updates {
             let version = cursor.version;
             let written = store
-                .apply("e", version, std::slice::from_ref(&update), &[], later)
+                .apply("e", version, vec![update.clone()], vec![], later)
                 .await
                 .expect("apply");
             assert_eq!(written, Some(version + 1));
@@ -828,7 +828,7 @@ mod tests {
         let steps = [enter("B"), enter("C"), Update::Attempt];
         assert_eq!(
             store
-                .apply("e", 1, &steps, &events, now)
+                .apply("e", 1, steps.to_vec(), events.to_vec(), now)
                 .await
                 .expect("apply"),
             Some(4)
@@ -836,7 +836,7 @@ mod tests {
         // Based on a version that moved on: nothing of it is written.
         assert_eq!(
             store
-                .apply("e", 2, &steps, &events, now)
+                .apply("e", 2, steps.to_vec(), events.to_vec(), now)
                 .await
                 .expect("stale"),
             None
@@ -918,7 +918,7 @@ mod tests {
         let update = Update::Attempt;
         let event = NewEvent::new("TaskStarted", Some("A"), json!({}));
         let written = store
-            .apply("old", 1, &[update], &[event], Utc::now())
+            .apply("old", 1, vec![update], vec![event], Utc::now())
             .await
             .expect("apply");
         assert_eq!(written, Some(2));

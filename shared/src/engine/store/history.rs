@@ -161,7 +161,7 @@ mod tests {
             .await
             .expect("insert");
         let written = store
-            .apply("e", 1, &[], &events[2..], now)
+            .apply("e", 1, vec![], events[2..].to_vec(), now)
             .await
             .expect("apply");
         assert_eq!(written, Some(1));

@@ -159,12 +159,12 @@ impl Store {
         &self,
         name: &str,
         version: i64,
-        updates: &[Update],
-        events: &[NewEvent],
+        updates: Vec<Update>,
+        events: Vec<NewEvent>,
         wait: NewWait,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, EngineError> {
-        let (name, updates, events) = (name.to_owned(), updates.to_vec(), events.to_vec());
+        let name = name.to_owned();
         self.db
             .write_relaxed(move |tx| {
                 let Some(version) = apply_updates(tx, &name, version, &updates, now)? else {
