@@ -18,6 +18,11 @@
 //! Reads see every answered write (WAL readers start a fresh snapshot per statement outside
 //! a transaction).
 //!
+//! Checkpoints (copying the WAL back into the database file) run on a third thread with a
+//! connection of its own, not inside the commit that fills the WAL as SQLite does by default:
+//! a checkpoint copies about a thousand pages and fsyncs the database file, and every write
+//! queued behind that commit waited for it. A passive checkpoint runs alongside the writer.
+//!
 //! Not here: connection pools. One reader is enough for the short indexed reads we do.
 
 use std::collections::VecDeque;
@@ -35,6 +40,10 @@ const PAGE_SIZE: i64 = 2048;
 
 /// At most this many writes share one transaction.
 const MAX_BATCH: usize = 512;
+
+/// Once the WAL holds this many pages, the writer asks for a checkpoint (SQLite's own
+/// default threshold).
+const CHECKPOINT_PAGES: i32 = 1000;
 
 /// A batch takes no more jobs once it has run this long: what a durable write may wait for
 /// behind a batch of steps (plus the jobs before it in its own batch and the commit).
@@ -116,8 +125,18 @@ impl Db {
         name: &str,
         init: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> rusqlite::Result<Self> {
-        let write_conn = connect(path)?;
+        let mut write_conn = connect(path)?;
         init(&write_conn)?;
+        let checkpoint_conn = connect(path)?;
+        // At most one request waits: a checkpoint copies every page committed before it.
+        let (checkpoint, checkpoints) = mpsc::sync_channel::<()>(1);
+        // Replaces SQLite's own checkpoint-on-commit, which is a hook like this one.
+        write_conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= CHECKPOINT_PAGES {
+                let _ = checkpoint.try_send(());
+            }
+            Ok(())
+        }))?;
         let read_conn = connect(path)?;
         read_conn.pragma_update(None, "query_only", true)?;
         let writes = Arc::new(WriteQueue::default());
@@ -143,11 +162,20 @@ impl Db {
                 }
             })
             .map_err(spawn_error)?;
+        // Ends when the writer's connection, which holds the sender, is closed.
+        let checkpoint_thread = std::thread::Builder::new()
+            .name(format!("{name}-checkpoint"))
+            .spawn(move || {
+                while checkpoints.recv().is_ok() {
+                    checkpoint_wal(&checkpoint_conn);
+                }
+            })
+            .map_err(spawn_error)?;
         Ok(Self {
             path: path.to_owned(),
             writes,
             reader,
-            threads: vec![write_thread, read_thread],
+            threads: vec![write_thread, read_thread, checkpoint_thread],
         })
     }
 
@@ -230,6 +258,18 @@ impl Db {
         answered
             .await
             .unwrap_or_else(|_| Err(stopped(&self.path).into()))
+    }
+}
+
+/// Copies what it can of the WAL into the database file without waiting for readers or the
+/// writer. A failure is only logged: the WAL keeps the pages, and the next request retries.
+fn checkpoint_wal(conn: &Connection) {
+    if let Err(err) = conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
+        tracing::warn!(
+            database = %conn.path().unwrap_or_default(),
+            error = %err,
+            "a checkpoint failed; the write-ahead log keeps growing until one succeeds"
+        );
     }
 }
 
@@ -595,6 +635,32 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
             .expect("count");
         assert_eq!(rows, 2);
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_thread_copies_a_full_wal_into_the_database_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path());
+        let file = dir.path().join("t.db");
+        let written = 2 * CHECKPOINT_PAGES as u64 * PAGE_SIZE as u64;
+        let row = "x".repeat(16 * 1024);
+        for i in 0..written / row.len() as u64 {
+            let row = row.clone();
+            db.write(move |conn| {
+                conn.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [format!("{i}{row}")])
+                    .map(|_| ())
+            })
+            .await
+            .expect("insert");
+        }
+        // Nothing else copies the WAL back while the database is open: the file grows only
+        // through the checkpoint thread.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let size = || std::fs::metadata(&file).map_or(0, |meta| meta.len());
+        while size() < written / 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(size() >= written / 2, "database file: {} bytes", size());
     }
 
     async fn page_size(db: &Db) -> i64 {
