@@ -240,21 +240,24 @@ impl TaskService {
                 ),
             )
         };
-        if let Some(existing) = self.orchestrator.describe(&task_id).await? {
-            return if existing.input == input {
-                Ok(Submitted {
-                    task_id,
-                    existing: true,
-                })
-            } else {
-                Err(conflict())
-            };
-        }
         if let Some(token) = &accepted.callback_token {
+            // The token is kept before the task exists: a repeated or conflicting request
+            // must not replace the token of the task that has this id.
+            if let Some(existing) = self.orchestrator.describe(&task_id).await? {
+                return if existing.input == input {
+                    Ok(Submitted {
+                        task_id,
+                        existing: true,
+                    })
+                } else {
+                    Err(conflict())
+                };
+            }
             self.secrets
                 .put(&callback_token_secret_name(&accepted.spec.task_id), token)
                 .await?;
         }
+        // Otherwise the insert itself tells a new task from a repeated or conflicting one.
         match self.orchestrator.start(&task_id, &input).await? {
             StartOutcome::Started => {
                 tracing::info!(task_id = %task_id, "task accepted");

@@ -252,6 +252,44 @@ async fn same_id_other_body_is_409_and_unknown_ids_are_404() {
 }
 
 #[tokio::test]
+async fn a_repeated_or_conflicting_request_keeps_the_callback_token_of_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (embedded, router) = app(dir.path(), Config::default());
+    let harness = Harness { _dir: dir, router };
+    let mut first = valid();
+    first["callback_url"] = json!("https://ci.example.com/hook");
+    first["callback_url_token"] = json!("first-token");
+    let mut other = first.clone();
+    other["task_file_name"] = json!("other.py");
+    other["callback_url_token"] = json!("other-token");
+    let mut answers = Vec::new();
+    for body in [&first, &first, &other] {
+        let body = body.to_string().into_bytes();
+        answers.push(
+            call(&harness, "POST", "/task-runner", Some(KEY), body)
+                .await
+                .0,
+        );
+    }
+    assert_eq!(
+        answers,
+        [
+            StatusCode::ACCEPTED,
+            StatusCode::ACCEPTED,
+            StatusCode::CONFLICT
+        ]
+    );
+    let task_id = crate::task::TaskId::parse("t-1").unwrap();
+    let kept = embedded
+        .secrets
+        .get(&crate::task::callback_token_secret_name(&task_id))
+        .await
+        .unwrap()
+        .expect("the first request's token is kept");
+    assert_eq!(kept.expose(), "first-token");
+}
+
+#[tokio::test]
 async fn open_routes_need_no_key() {
     let harness = harness();
     let (status, health) = call(&harness, "GET", "/healthz", None, vec![]).await;
