@@ -10,9 +10,10 @@
 //! `kill -9` of the process at once, and a power loss from the next durable write on.
 //!
 //! Durable writes are what callers wait on (an accepted task, a stored secret, a cancel), so
-//! they are taken before relaxed ones (the steps that follow), and a batch stops taking jobs
-//! after [`BATCH_BUDGET`] of work: under a burst of steps a durable write waits for at most
-//! the batch being run, not for everything queued before it. Two writes that are pending at
+//! they are taken before relaxed ones (the steps that follow) and batched apart from them,
+//! and a batch stops taking jobs after [`BATCH_BUDGET`] of work: under a burst of steps a
+//! durable write waits for at most the batch being run, not for everything queued before it,
+//! and its answer does not wait for steps run after it. Two writes that are pending at
 //! once have no order between them; a caller that awaits one write before the next keeps its
 //! own order.
 //! Reads see every answered write (WAL readers start a fresh snapshot per statement outside
@@ -47,7 +48,7 @@ const CHECKPOINT_PAGES: i32 = 1000;
 
 /// A batch takes no more jobs once it has run this long: what a durable write may wait for
 /// behind a batch of steps (plus the jobs before it in its own batch and the commit).
-const BATCH_BUDGET: Duration = Duration::from_millis(2);
+const BATCH_BUDGET: Duration = Duration::from_millis(1);
 
 /// A write job: runs on the connection (inside its savepoint), or is told why it cannot;
 /// says whether to keep its changes and gives back what answers the caller once the batch
@@ -335,15 +336,13 @@ impl WriteQueue {
         }
     }
 
-    /// The next job for a batch that commits with `sync`: durable jobs first; a relaxed
-    /// batch takes none (and no more jobs once one waits, so it is not kept waiting).
+    /// The next job for a batch that commits with `sync`: a durable batch takes only durable
+    /// jobs; a relaxed one takes no more jobs once a durable one waits, so it is not kept
+    /// waiting.
     fn next(&self, sync: Sync) -> Option<WriteJob> {
         let mut pending = self.lock();
         match sync {
-            Sync::Full => pending
-                .durable
-                .pop_front()
-                .or_else(|| pending.relaxed.pop_front()),
+            Sync::Full => pending.durable.pop_front(),
             Sync::Normal if pending.durable.is_empty() => pending.relaxed.pop_front(),
             Sync::Normal => None,
         }
@@ -628,7 +627,7 @@ mod tests {
         write_loop(conn, &queue);
         assert_eq!(
             *events.lock().expect("events"),
-            ["ran 0", "ran 1", "committed 0", "committed 1"]
+            ["ran 0", "committed 0", "ran 1", "committed 1"]
         );
         let conn = connect(&dir.path().join("t.db")).expect("reopen");
         let rows: i64 = conn
