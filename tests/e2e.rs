@@ -364,6 +364,60 @@ async fn a_stopped_server_exits_cleanly_and_the_next_one_finishes_its_running_ta
     );
 }
 
+/// The nice value in `/proc/self/stat`, and the autogroup's where the kernel has autogroups.
+fn priorities(stat: &str, autogroup: Option<&str>) -> (i32, Option<i32>) {
+    let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16);
+    let group = autogroup.map(|text| text.split_whitespace().last().unwrap().parse().unwrap());
+    (nice.unwrap().parse().unwrap(), group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_below_the_servers_cpu_priority_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    write_tasks(&tasks);
+    std::fs::write(
+        tasks.join("priority.sh"),
+        "echo \"stat=$(cat /proc/self/stat)\"\n[ -r /proc/self/autogroup ] && echo \"autogroup=$(cat /proc/self/autogroup)\"\nexit 0\n",
+    )
+    .unwrap();
+    let receiver = Receiver::start(vec![]).await;
+    // The servers are children of this process, in its session and autogroup.
+    let own = priorities(
+        &std::fs::read_to_string("/proc/self/stat").unwrap(),
+        std::fs::read_to_string("/proc/self/autogroup")
+            .ok()
+            .as_deref(),
+    );
+    for (task_nice, lowered) in [(None, 10), (Some("0"), 0)] {
+        let data = tmp.path().join(format!("data-{lowered}"));
+        let env: Vec<(&str, &str)> = task_nice
+            .map(|n| ("TASKRUNNER_TASK_NICE", n))
+            .into_iter()
+            .collect();
+        let server = Server::start(&data, &tasks, &env);
+        let id = format!("priority-{lowered}");
+        let (status, _) = server.submit(&request(&id, "priority.sh", &receiver)).await;
+        assert_eq!(status, 202);
+        let callback = callbacks_for(&receiver, &id, 1).await[0].json();
+        let logs = callback["logs"].as_str().unwrap().to_owned();
+        let line = |prefix: &str| {
+            logs.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        let task = priorities(&line("stat=").expect(&logs), line("autogroup=").as_deref());
+        assert_eq!(task.0, (own.0 + lowered).min(19), "task nice: {logs}");
+        if let (Some(server_group), Some(task_group)) = (own.1, task.1) {
+            assert_eq!(
+                task_group,
+                (server_group + lowered).min(19),
+                "autogroup: {logs}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_the_same_data_dir_refuses_and_names_the_holder() {
     let tmp = tempfile::tempdir().unwrap();

@@ -171,6 +171,9 @@ enum Command {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// How many nice levels below its starter the host and its tasks run.
+        #[arg(long, default_value_t = 0)]
+        nice: u8,
     },
 }
 
@@ -181,8 +184,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::WorkerHost { data_dir } = &cli.command {
-        let code = taskrunner::adapters::local::run_host(data_dir);
+    if let Command::WorkerHost { data_dir, nice } = &cli.command {
+        let code = taskrunner::adapters::local::run_host(data_dir, *nice);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     logging::init(cli.log_format);

@@ -264,6 +264,9 @@ pub struct Config {
     pub max_running_tasks: Option<usize>,
     /// Most tasks running at once per `concurrency_key`.
     pub per_key_limit: usize,
+    /// How many nice levels below `serve` the worker host and its tasks run (0 to 19; 0:
+    /// the same priority). Taken when the worker host starts.
+    pub task_nice: u8,
     /// Adaptive polling.
     pub poll: PollConfig,
     /// Callback delivery.
@@ -291,6 +294,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_running_tasks: None,
             per_key_limit: 1,
+            task_nice: 10,
             poll: PollConfig::default(),
             callback: CallbackConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -405,6 +409,9 @@ impl Config {
         if let Some(v) = get("TASKRUNNER_CHAIN_MAX_DEPTH") {
             self.chain.max_depth = number("TASKRUNNER_CHAIN_MAX_DEPTH", v)?;
         }
+        if let Some(v) = get("TASKRUNNER_TASK_NICE") {
+            self.task_nice = number("TASKRUNNER_TASK_NICE", v)?;
+        }
         if let Some(v) = get("TASKRUNNER_CHAIN_MAX_CHILDREN") {
             self.chain.max_children = number("TASKRUNNER_CHAIN_MAX_CHILDREN", v)?;
         }
@@ -418,6 +425,12 @@ impl Config {
                 "default_worker_size {:?} is not in worker_sizes; known sizes: {}",
                 self.default_worker_size,
                 self.worker_sizes.names().join(", ")
+            ));
+        }
+        if self.task_nice > 19 {
+            return Err(format!(
+                "task_nice ({}) must be between 0 and 19 (nice values end at 19); 10, the default, runs tasks behind `serve`, 0 beside it",
+                self.task_nice
             ));
         }
         if self.per_key_limit == 0 || self.max_running_tasks == Some(0) {
@@ -489,6 +502,20 @@ mod tests {
             .apply_env(|name| (name == "TASKRUNNER_RETENTION_DAYS").then(|| "lots".into()))
             .unwrap_err();
         assert!(err.contains("TASKRUNNER_RETENTION_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn task_nice_is_read_and_a_value_past_19_is_refused_by_name() {
+        let mut config = Config::default();
+        assert_eq!(config.task_nice, 10);
+        config
+            .apply_env(|name| (name == "TASKRUNNER_TASK_NICE").then(|| "0".into()))
+            .unwrap();
+        assert_eq!(config.task_nice, 0);
+        config.check().unwrap();
+        config.task_nice = 20;
+        let err = config.check().unwrap_err();
+        assert!(err.contains("task_nice (20)"), "{err}");
     }
 
     #[test]

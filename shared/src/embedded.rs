@@ -155,6 +155,7 @@ impl Embedded {
             LocalWorkerConfig {
                 tasks_dir: config.tasks_dir.clone(),
                 keep_workspace_for: Duration::from_secs(config.keep_workspace_seconds),
+                task_nice: config.task_nice,
                 ..LocalWorkerConfig::new(&data_dir, supervisor_program)
             },
             Arc::clone(&secrets),

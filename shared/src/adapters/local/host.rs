@@ -78,10 +78,13 @@ pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
     line
 }
 
-/// The body of `taskrunner worker-host --data-dir D`; returns the process exit code. Exits
-/// at once, with 0, when another host holds the data directory.
-pub fn run_host(data_dir: &Path) -> i32 {
+/// The body of `taskrunner worker-host --data-dir D --nice N`; returns the process exit
+/// code. Runs itself and its tasks `nice` levels below the priority it was started with.
+/// Exits at once, with 0, when another host holds the data directory.
+pub fn run_host(data_dir: &Path, nice: u8) -> i32 {
     enter_own_session();
+    // In the new session's autogroup, before any thread exists: all inherit it.
+    super::priority::lower(nice);
     become_subreaper();
     if let Err(error) = std::fs::create_dir_all(data_dir) {
         eprintln!("cannot create {}: {error}", data_dir.display());

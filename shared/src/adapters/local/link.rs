@@ -43,16 +43,19 @@ pub struct HostLink {
     data_dir: PathBuf,
     program: PathBuf,
     args: Vec<String>,
+    nice: u8,
     connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl HostLink {
-    /// A link that starts the host as `program args... --data-dir data_dir` when none runs.
-    pub fn new(data_dir: &Path, program: &Path, args: &[String]) -> Self {
+    /// A link that starts the host as `program args... --data-dir data_dir --nice nice`
+    /// when none runs.
+    pub fn new(data_dir: &Path, program: &Path, args: &[String], nice: u8) -> Self {
         Self {
             data_dir: data_dir.to_owned(),
             program: program.to_owned(),
             args: args.to_vec(),
+            nice,
             connection: tokio::sync::Mutex::new(None),
         }
     }
@@ -126,6 +129,8 @@ impl HostLink {
             .args(&self.args)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .arg("--nice")
+            .arg(self.nice.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(errors))

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod limits;
 pub mod link;
 pub mod mask;
+pub mod priority;
 pub mod records;
 pub mod secrets;
 pub mod spawn;

@@ -57,6 +57,8 @@ pub struct LocalWorkerConfig {
     pub keep_workspace_for: Duration,
     /// The Python interpreter (default `python3`).
     pub python: String,
+    /// How many nice levels below `serve` the worker host and its tasks run (default 10).
+    pub task_nice: u8,
 }
 
 impl LocalWorkerConfig {
@@ -69,6 +71,7 @@ impl LocalWorkerConfig {
             supervisor_args: vec!["worker-host".to_owned()],
             keep_workspace_for: Duration::from_secs(3600),
             python: "python3".to_owned(),
+            task_nice: 10,
         }
     }
 }
@@ -97,6 +100,7 @@ impl LocalWorker {
                 &config.data_dir,
                 &config.supervisor_program,
                 &config.supervisor_args,
+                config.task_nice,
             ),
             config,
             tokens: TaskTokens::new(Arc::clone(&secrets)),

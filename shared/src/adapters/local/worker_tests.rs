@@ -23,7 +23,7 @@ fn host_entry() {
     let Some(dir) = std::env::var_os(DIR_VAR) else {
         return;
     };
-    std::process::exit(crate::adapters::local::run_host(Path::new(&dir)));
+    std::process::exit(crate::adapters::local::run_host(Path::new(&dir), 0));
 }
 
 #[derive(Default)]
