@@ -96,46 +96,14 @@ pub async fn serve(listen: Option<String>, args: &EmbeddedArgs) -> Result<ExitCo
     });
     tracing::info!(%address, data_dir = %data_dir.display(), "taskrunner listening");
     println!("taskrunner listening on {public_url}");
-    serve_api(listener, router(state)).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the server stopped")?;
     sweeper.abort();
     scheduler.abort();
     tracing::info!("stopped; running tasks go on and are picked up by the next `taskrunner serve`");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Serves the API on a thread and runtime of its own until SIGINT or SIGTERM.
-///
-/// The executions' steps (starting, watching and finishing workers) keep the main runtime's
-/// threads busy under load; a request queued behind them waited for them. On its own thread a
-/// request is read and answered as soon as the operating system runs that thread.
-async fn serve_api(listener: tokio::net::TcpListener, app: axum::Router) -> Result<()> {
-    let listener = listener
-        .into_std()
-        .context("cannot hand the listening socket to the API thread")?;
-    let (done, stopped) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            let served = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the API's runtime")
-                .and_then(|runtime| {
-                    runtime.block_on(async move {
-                        let listener = tokio::net::TcpListener::from_std(listener)?;
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(shutdown_signal())
-                            .await
-                    })?;
-                    Ok(())
-                });
-            let _ = done.send(served);
-        })
-        .context("cannot start the API thread")?;
-    stopped
-        .await
-        .context("the API thread ended without a word")?
-        .context("the server stopped")
 }
 
 /// The URL tasks reach this server at: the listening address, with a wildcard address
