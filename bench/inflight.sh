@@ -17,7 +17,7 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
-bench_build || exit 1
+bench_binary || exit 1
 TASKRUNNER_API_KEY="$BENCH_API_KEY" timeout 900 python3 "$BENCH_DIR/inflight.py" "$TASKRUNNER_BIN" "$WORK"
 STATUS=$?
 bench_log_problems "$WORK/serve.log"

@@ -3,6 +3,8 @@
 
 One thread per accepted task; the thread runs the task file as a subprocess and POSTs the
 result to the callback URL. Nothing is persisted: a crash loses every task in flight.
+A `.py` file runs with python3 and any other with bash, as taskrunner runs them, so that
+both sides of a comparison pay the same for the task itself.
 
     thread_per_task.py PORT_FILE TASKS_DIR API_KEY
 
@@ -23,7 +25,8 @@ def run_task(tasks_dir, request):
     task_id = request["task_id"]
     task_file = os.path.join(tasks_dir, request["task_file_name"])
     env = dict(os.environ, **(request.get("worker_config", {}).get("env_variables") or {}))
-    done = subprocess.run(["sh", task_file], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    interpreter = "python3" if task_file.endswith(".py") else "bash"
+    done = subprocess.run([interpreter, task_file], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           env=env, cwd=tasks_dir)
     success = done.returncode == 0
     body = json.dumps({
