@@ -290,23 +290,33 @@ async fn the_same_request_twice_runs_once_and_another_body_is_a_conflict() {
     assert_eq!(count, 1, "one run, one callback");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_resumes_every_task_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tasks = tmp.path().join("tasks");
+/// A `serve` over `tmp/data` (tasks in `tmp/tasks`) running `task_id`, a `sleep.sh` of
+/// `seconds` that calls back to the receiver returned.
+async fn serve_running_a_sleep(
+    tmp: &Path,
+    task_id: &str,
+    seconds: u64,
+) -> (std::path::PathBuf, Receiver, Server) {
+    let tasks = tmp.join("tasks");
     write_tasks(&tasks);
-    let data = tmp.path().join("data");
     let receiver = Receiver::start(vec![]).await;
-    let mut server = Server::start(&data, &tasks, &[]);
-
-    let mut body = request("survivor", "sleep.sh", &receiver);
-    body["worker_config"]["env_variables"]["SLEEP_SECONDS"] = json!(4);
+    let server = Server::start(&tmp.join("data"), &tasks, &[]);
+    let mut body = request(task_id, "sleep.sh", &receiver);
+    body["worker_config"]["env_variables"]["SLEEP_SECONDS"] = json!(seconds);
     let (status, _) = server.submit(&body).await;
     assert_eq!(status, 202);
     eventually(WAIT, "the task to run", async || {
-        (server.status("survivor").await["status"] == "running").then_some(())
+        (server.status(task_id).await["status"] == "running").then_some(())
     })
     .await;
+    (tasks, receiver, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_resumes_every_task_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tasks, receiver, mut server) = serve_running_a_sleep(tmp.path(), "survivor", 4).await;
+    let data = tmp.path().join("data");
     server.kill9();
     assert!(receiver.received().is_empty());
 
@@ -326,20 +336,9 @@ async fn a_killed_server_resumes_every_task_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_exits_cleanly_and_the_next_one_finishes_its_running_task() {
     let tmp = tempfile::tempdir().unwrap();
-    let tasks = tmp.path().join("tasks");
-    write_tasks(&tasks);
+    let (tasks, receiver, mut server) =
+        serve_running_a_sleep(tmp.path(), "outlives-serve", 3).await;
     let data = tmp.path().join("data");
-    let receiver = Receiver::start(vec![]).await;
-    let mut server = Server::start(&data, &tasks, &[]);
-
-    let mut body = request("outlives-serve", "sleep.sh", &receiver);
-    body["worker_config"]["env_variables"]["SLEEP_SECONDS"] = json!(3);
-    let (status, _) = server.submit(&body).await;
-    assert_eq!(status, 202);
-    eventually(WAIT, "the task to run", async || {
-        (server.status("outlives-serve").await["status"] == "running").then_some(())
-    })
-    .await;
     let stopped = server
         .terminate(Duration::from_secs(10))
         .expect("serve exits within 10 s of SIGTERM");

@@ -230,11 +230,12 @@ impl LatestState {
 
 #[async_trait]
 impl Orchestrator for StepFunctions {
-    /// Starts the execution `name`. When StartExecution answers `ExecutionAlreadyExists`, the
-    /// existing execution's input is compared with `input` as JSON values. When it succeeds but
-    /// hands back an execution that started more than [`REUSE_MARGIN`] before the call (Step
-    /// Functions does that for the same name and input while the execution runs), the answer
-    /// is `AlreadyExists` too.
+    /// Starts the execution `name`, unless one by that name exists: then its input is compared
+    /// with `input` as JSON values (StartExecution alone cannot tell a repeat from a start:
+    /// for the same name and input it answers with the running execution). Racing a start of
+    /// the same name: when StartExecution answers `ExecutionAlreadyExists`, the inputs are
+    /// compared the same way, and when it hands back an execution that started more than
+    /// [`REUSE_MARGIN`] before the call, the answer is `AlreadyExists` too.
     async fn start(&self, name: &str, input: &Value) -> Result<StartOutcome, PortError> {
         if name.is_empty() || name.chars().count() > 80 {
             return Err(PortError::Permanent(format!(
@@ -244,6 +245,13 @@ impl Orchestrator for StepFunctions {
         let text = serde_json::to_string(input).map_err(|err| {
             PortError::Permanent(format!("execution input cannot be written as JSON: {err}"))
         })?;
+        if let Some(existing) = self.describe(name).await? {
+            return Ok(if existing.input == *input {
+                StartOutcome::AlreadyExists
+            } else {
+                StartOutcome::Conflict
+            });
+        }
         let called_at = Utc::now();
         let result = self
             .client

@@ -216,6 +216,13 @@ fn no_retries(builder: aws_sdk_sfn::config::Builder) -> aws_sdk_sfn::config::Bui
 
 #[tokio::test]
 async fn a_throttled_start_is_transient() {
+    let absent = mock!(Client::describe_execution).then_error(|| {
+        DescribeExecutionError::ExecutionDoesNotExist(
+            aws_sdk_sfn::types::error::ExecutionDoesNotExist::builder()
+                .message("Execution Does Not Exist")
+                .build(),
+        )
+    });
     let throttled = mock!(Client::start_execution).then_error(|| {
         StartExecutionError::generic(
             ErrorMetadata::builder()
@@ -224,7 +231,12 @@ async fn a_throttled_start_is_transient() {
                 .build(),
         )
     });
-    let client = mock_client!(aws_sdk_sfn, RuleMode::Sequential, [&throttled], no_retries);
+    let client = mock_client!(
+        aws_sdk_sfn,
+        RuleMode::Sequential,
+        [&absent, &throttled],
+        no_retries
+    );
     let err = StepFunctions::new(client, MACHINE)
         .start("t1", &json!({}))
         .await
