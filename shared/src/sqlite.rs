@@ -13,7 +13,9 @@
 //! they are taken before relaxed ones (the steps that follow) and batched apart from them,
 //! and a batch stops taking jobs after [`BATCH_BUDGET`] of work: under a burst of steps a
 //! durable write waits for at most the batch being run, not for everything queued before it,
-//! and its answer does not wait for steps run after it. Two writes that are pending at
+//! and its answer does not wait for steps run after it. A relaxed write that has waited
+//! [`RELAXED_WAIT_MAX`] goes first: new tasks arriving without pause cannot hold back the
+//! tasks already accepted for longer. Two writes that are pending at
 //! once have no order between them; a caller that awaits one write before the next keeps its
 //! own order.
 //! Reads see every answered write (WAL readers start a fresh snapshot per statement outside
@@ -45,6 +47,9 @@ const MAX_BATCH: usize = 512;
 /// Once the WAL holds this many pages, the writer asks for a checkpoint (SQLite's own
 /// default threshold).
 const CHECKPOINT_PAGES: i32 = 1000;
+
+/// A relaxed write queued this long ago goes before the durable ones.
+const RELAXED_WAIT_MAX: Duration = Duration::from_millis(10);
 
 /// A batch takes no more jobs once it has run this long: what a durable write may wait for
 /// behind a batch of steps (plus the jobs before it in its own batch and the commit).
@@ -281,11 +286,24 @@ struct WriteQueue {
     queued: Condvar,
 }
 
-#[derive(Default)]
 struct Pending {
     durable: VecDeque<WriteJob>,
-    relaxed: VecDeque<WriteJob>,
+    /// With the time each was queued.
+    relaxed: VecDeque<(Instant, WriteJob)>,
     closed: bool,
+    /// [`RELAXED_WAIT_MAX`], but for tests.
+    relaxed_wait_max: Duration,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            durable: VecDeque::new(),
+            relaxed: VecDeque::new(),
+            closed: false,
+            relaxed_wait_max: RELAXED_WAIT_MAX,
+        }
+    }
 }
 
 impl WriteQueue {
@@ -303,7 +321,7 @@ impl WriteQueue {
         }
         match sync {
             Sync::Full => pending.durable.push_back(job),
-            Sync::Normal => pending.relaxed.push_back(job),
+            Sync::Normal => pending.relaxed.push_back((Instant::now(), job)),
         }
         drop(pending);
         self.queued.notify_one();
@@ -316,11 +334,16 @@ impl WriteQueue {
     }
 
     /// Waits for a job; says how the batch it starts commits: durably when a durable job
-    /// waits. `None` once the queue is closed and empty.
+    /// waits, unless the oldest relaxed job has waited [`RELAXED_WAIT_MAX`]. `None` once the
+    /// queue is closed and empty.
     fn wait(&self) -> Option<Sync> {
         let mut pending = self.lock();
         loop {
-            if !pending.durable.is_empty() {
+            let overdue = pending
+                .relaxed
+                .front()
+                .is_some_and(|(queued, _)| queued.elapsed() >= pending.relaxed_wait_max);
+            if !pending.durable.is_empty() && !overdue {
                 return Some(Sync::Full);
             }
             if !pending.relaxed.is_empty() {
@@ -336,15 +359,13 @@ impl WriteQueue {
         }
     }
 
-    /// The next job for a batch that commits with `sync`: a durable batch takes only durable
-    /// jobs; a relaxed one takes no more jobs once a durable one waits, so it is not kept
-    /// waiting.
+    /// The next job for a batch that commits with `sync`: a batch takes only jobs of its
+    /// own kind (a durable write's answer does not wait for the steps run after it).
     fn next(&self, sync: Sync) -> Option<WriteJob> {
         let mut pending = self.lock();
         match sync {
             Sync::Full => pending.durable.pop_front(),
-            Sync::Normal if pending.durable.is_empty() => pending.relaxed.pop_front(),
-            Sync::Normal => None,
+            Sync::Normal => pending.relaxed.pop_front().map(|(_, job)| job),
         }
     }
 }
@@ -499,6 +520,8 @@ mod tests {
     async fn a_durable_write_goes_before_the_relaxed_writes_queued_ahead_of_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = std::sync::Arc::new(open(dir.path()));
+        // However slowly this test queues, no relaxed write is overdue.
+        db.writes.lock().relaxed_wait_max = Duration::from_secs(3600);
         let order = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
         let insert = |name: String, order: std::sync::Arc<Mutex<Vec<String>>>| {
             move |conn: &Connection| {
@@ -516,6 +539,8 @@ mod tests {
                 db.write_relaxed(move |conn| {
                     let _ = started.send(());
                     let _ = released.recv();
+                    // Spends the batch's time budget: it takes no job after this one.
+                    std::thread::sleep(BATCH_BUDGET);
                     conn.execute("INSERT INTO t (k, v) VALUES ('blocker', 0)", [])
                         .map(|_| ())
                 })
@@ -550,6 +575,49 @@ mod tests {
         expected.extend((0..20).map(|i| format!("relaxed{i}")));
         assert_eq!(order, expected);
         assert_eq!(count(&db).await, 22);
+    }
+
+    #[test]
+    fn durable_writes_arriving_without_pause_let_an_overdue_relaxed_one_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = table(dir.path());
+        let queue = Arc::new(WriteQueue::default());
+        let events = Arc::new(Mutex::new(Vec::new()));
+        const LAST: usize = 40;
+        // Each durable write takes a millisecond and, once committed, queues the next one:
+        // a steady stream of 40 ms.
+        fn durable(k: usize, queue: &Arc<WriteQueue>, events: &Arc<Mutex<Vec<String>>>) {
+            let (queue_after, events_after) = (Arc::clone(queue), Arc::clone(events));
+            let job = logged_job(k, Duration::from_millis(1), events);
+            let chained: WriteJob = Box::new(move |conn| {
+                let (keep, reply) = job(conn);
+                let reply: Reply = Box::new(move |committed| {
+                    reply(committed);
+                    if k < LAST {
+                        durable(k + 1, &queue_after, &events_after);
+                    } else {
+                        queue_after.close();
+                    }
+                });
+                (keep, reply)
+            });
+            assert!(queue.push(Sync::Full, chained));
+        }
+        durable(0, &queue, &events);
+        assert!(queue.push(Sync::Normal, logged_job(100, Duration::ZERO, &events)));
+        write_loop(conn, &queue);
+        let events = events.lock().expect("events").clone();
+        let ran: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.strip_prefix("ran "))
+            .collect();
+        let relaxed = ran
+            .iter()
+            .position(|k| *k == "100")
+            .expect("the relaxed write ran");
+        // Once it has waited 10 ms (ten durable writes of 1 ms at least), the relaxed one.
+        assert!(relaxed <= 11, "the relaxed write ran at {relaxed}: {ran:?}");
+        assert_eq!(ran.len(), LAST + 2);
     }
 
     /// A job as [`Db`] builds them: inserts `k`, sleeping first, and reports when it ran and
