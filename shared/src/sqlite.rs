@@ -172,8 +172,9 @@ impl Db {
         let checkpoint_thread = std::thread::Builder::new()
             .name(format!("{name}-checkpoint"))
             .spawn(move || {
+                let mut failing = false;
                 while checkpoints.recv().is_ok() {
-                    checkpoint_wal(&checkpoint_conn);
+                    failing = checkpoint_wal(&checkpoint_conn, failing);
                 }
             })
             .map_err(spawn_error)?;
@@ -268,14 +269,28 @@ impl Db {
 }
 
 /// Copies what it can of the WAL into the database file without waiting for readers or the
-/// writer. A failure is only logged: the WAL keeps the pages, and the next request retries.
-fn checkpoint_wal(conn: &Connection) {
-    if let Err(err) = conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
-        tracing::warn!(
-            database = %conn.path().unwrap_or_default(),
-            error = %err,
-            "a checkpoint failed; the write-ahead log keeps growing until one succeeds"
-        );
+/// writer; says whether it failed. A failure is only logged, once until a checkpoint
+/// succeeds again (`failing`: the last one failed): the WAL keeps the pages, and the next
+/// request retries.
+fn checkpoint_wal(conn: &Connection, failing: bool) -> bool {
+    let database = conn.path().unwrap_or_default().to_owned();
+    match conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
+        Err(err) => {
+            if !failing {
+                tracing::warn!(
+                    %database,
+                    error = %err,
+                    "a checkpoint failed; the write-ahead log grows until one succeeds"
+                );
+            }
+            true
+        }
+        Ok(_) => {
+            if failing {
+                tracing::info!(%database, "checkpoints succeed again");
+            }
+            false
+        }
     }
 }
 
