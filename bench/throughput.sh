@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # End-to-end throughput, side by side in one run: `taskrunner serve` against the original
-# app's design (bench/thread_per_task.py: a thread per task, the task file as a subprocess,
-# a callback POST, nothing persisted). Same workload for both: BENCH_TASKS (1000) no-op
-# tasks submitted by BENCH_CONCURRENCY (16) keep-alive submitters, timed until every
-# callback arrived. Prints per system: wall time to the last callback, submit p50/p99,
-# server CPU seconds (its own plus reaped children's; for taskrunner also its worker host's,
-# which runs the tasks), peak RSS, and the ratios.
+# app's design, a thread per task running the task file as a subprocess and a callback POST,
+# nothing persisted, in two forms: on the original's own stack (FastAPI, uvicorn, requests:
+# bench/thread_per_task_fastapi.py, in a virtual environment under ~/.cache made on the
+# first run from the package registry; BENCH_VENV=DIR puts it elsewhere) and on Python's
+# standard library (bench/thread_per_task.py, its leanest form). Same workload for all:
+# BENCH_TASKS (1000) no-op tasks submitted by BENCH_CONCURRENCY (16) keep-alive submitters,
+# timed until every callback arrived. Prints per system: wall time to the last callback,
+# submit p50/p99, server CPU seconds (its own plus reaped children's; for taskrunner also its
+# worker host's, which runs the tasks), peak RSS, and the throughput ratios.
 # BENCH_BASELINE_BIN=/path/to/an/older/taskrunner also runs that binary, in the same run,
-# as a third column ("before"). BENCH_KEEP=1 keeps the temp dir. Needs cargo and python3.
+# as a column ("before"). BENCH_KEEP=1 keeps the temp dir. Needs cargo and python3.
 # Removing the temp dir at the end makes file creation dearer for a few minutes on ext4
 # without a journal: leave about 6 minutes between runs there.
 set -uo pipefail
@@ -32,16 +35,33 @@ bench_build || exit 1
 PREFIX="tp-$(date +%s)-$$"
 
 # --- the thread-per-task design --------------------------------------------------------
-mkdir -p "$WORK/python/tasks"
-printf '%s\n' '#!/bin/sh' 'exit 0' >"$WORK/python/tasks/ok.sh"
-python3 "$BENCH_DIR/thread_per_task.py" "$WORK/python/port" "$WORK/python/tasks" "$BENCH_API_KEY" \
-    2>"$WORK/python/server.log" &
-PY_PID=$!
-for _ in $(seq 1 100); do [ -s "$WORK/python/port" ] && break; sleep 0.05; done
-echo "thread-per-task: $TASKS tasks, $CONCURRENCY submitters ..." >&2
-PY="$(python3 "$BENCH_DIR/throughput_load.py" "http://127.0.0.1:$(cat "$WORK/python/port")" \
-    "$BENCH_API_KEY" "$PREFIX-py" "$PY_PID" "$TASKS" "$CONCURRENCY")"
-kill -TERM "$PY_PID" 2>/dev/null; wait "$PY_PID" 2>/dev/null; PY_PID=""
+# run_python NAME PYTHON PROGRAM: serves $WORK/NAME with the comparison program PROGRAM run
+# by PYTHON, prints the figures' JSON.
+run_python() {
+    local name="$1" python="$2" program="$3"
+    mkdir -p "$WORK/$name/tasks"
+    printf '%s\n' '#!/bin/sh' 'exit 0' >"$WORK/$name/tasks/ok.sh"
+    "$python" "$BENCH_DIR/$program" "$WORK/$name/port" "$WORK/$name/tasks" "$BENCH_API_KEY" \
+        2>"$WORK/$name/server.log" &
+    PY_PID=$!
+    for _ in $(seq 1 100); do [ -s "$WORK/$name/port" ] && break; sleep 0.05; done
+    echo "thread-per-task ($program): $TASKS tasks, $CONCURRENCY submitters ..." >&2
+    python3 "$BENCH_DIR/throughput_load.py" "http://127.0.0.1:$(cat "$WORK/$name/port")" \
+        "$BENCH_API_KEY" "$PREFIX-$name" "$PY_PID" "$TASKS" "$CONCURRENCY"
+    kill -TERM "$PY_PID" 2>/dev/null; wait "$PY_PID" 2>/dev/null; PY_PID=""
+}
+
+# The original app's own stack (FastAPI, uvicorn, requests) in a virtual environment kept
+# between runs; without the package registry that column is left out.
+VENV="${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrunner-bench/venv}"
+FASTAPI='null'
+if [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" &&
+    "$VENV/bin/pip" install -q fastapi==0.165.0 uvicorn==0.55.0 requests==2.34.2; }; then
+    FASTAPI="$(run_python fastapi "$VENV/bin/python" thread_per_task_fastapi.py)" || exit 1
+else
+    echo "no FastAPI (pip install failed): its column is left out" >&2
+fi
+PY="$(run_python python python3 thread_per_task.py)" || exit 1
 
 # --- taskrunner serve ------------------------------------------------------------------
 # run_taskrunner NAME: serves $WORK/NAME with $TASKRUNNER_BIN, prints the figures' JSON.
@@ -68,23 +88,20 @@ if [ -n "${BENCH_BASELINE_BIN:-}" ]; then
     BASE="$(run_taskrunner before)" || exit 1
 fi
 
-python3 - "$PY" "$TR" "$BASE" <<'EOF2'
+python3 - "$FASTAPI" "$PY" "$TR" "$BASE" <<'EOF2'
 import json, sys
-py, tr, base = (json.loads(a) for a in sys.argv[1:4])
+fastapi, py, tr, base = (json.loads(a) for a in sys.argv[1:5])
 rows = [("wall time to last callback (s)", "wall_seconds"), ("submit p50 (ms)", "submit_p50_ms"),
         ("submit p99 (ms)", "submit_p99_ms"), ("server CPU (s)", "server_cpu_seconds"),
         ("peak RSS (MiB)", "peak_rss_mib"), ("worker host peak RSS (MiB)", "host_peak_rss_mib")]
-columns = [("thread-per-task", py)] + ([("before", base)] if base else []) + [("taskrunner", tr)]
-print(f"{'':32}" + "".join(f" {name:>16}" for name, _ in columns) + f" {'ratio tr/py':>12}")
+columns = ([("tpt FastAPI", fastapi)] if fastapi else []) + [("tpt stdlib", py)]
+columns += ([("before", base)] if base else []) + [("taskrunner", tr)]
+print(f"{'':32}" + "".join(f" {name:>16}" for name, _ in columns))
 for label, key in rows:
-    values = [r.get(key, 0.0) for _, r in columns]
-    ratio = tr.get(key, 0.0) / py[key] if py.get(key) else float("nan")
-    print(f"{label:32}" + "".join(f" {v:>16}" for v in values) + f" {ratio:>12.2f}")
-print(f"throughput ratio (taskrunner / thread-per-task, tasks per second): "
-      f"{py['wall_seconds'] / tr['wall_seconds']:.2f}x")
-if base:
-    print(f"throughput ratio (before / thread-per-task): "
-          f"{py['wall_seconds'] / base['wall_seconds']:.2f}x")
+    print(f"{label:32}" + "".join(f" {r.get(key, 0.0):>16}" for _, r in columns))
+for name, r in columns[:-1]:
+    print(f"throughput ratio (taskrunner / {name}, tasks per second): "
+          f"{r['wall_seconds'] / tr['wall_seconds']:.2f}x")
 for name, r in columns:
     print(f"{name}: accepted {r['accepted']}/{r['tasks']}, answers {r['answers']}, "
           f"callbacks {r['callbacks']} ({r['unique_callbacks']} tasks) {r['callback_statuses']}")
