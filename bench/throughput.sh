@@ -21,11 +21,9 @@ TASKS="${BENCH_TASKS:-1000}"
 CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 
 WORK="$(mktemp -d /tmp/taskrunner-bench-throughput.XXXXXX)"
-PY_PID=""
 finish() {
     bench_cleanup "$WORK/before"
     bench_cleanup "$WORK/taskrunner"
-    [ -n "$PY_PID" ] && kill -TERM "$PY_PID" 2>/dev/null && wait "$PY_PID" 2>/dev/null
     if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap finish EXIT
@@ -38,17 +36,18 @@ PREFIX="tp-$(date +%s)-$$"
 # run_python NAME PYTHON PROGRAM: serves $WORK/NAME with the comparison program PROGRAM run
 # by PYTHON, prints the figures' JSON.
 run_python() {
-    local name="$1" python="$2" program="$3"
+    local name="$1" python="$2" program="$3" pid status=0
     mkdir -p "$WORK/$name/tasks"
     printf '%s\n' '#!/bin/sh' 'exit 0' >"$WORK/$name/tasks/ok.sh"
     "$python" "$BENCH_DIR/$program" "$WORK/$name/port" "$WORK/$name/tasks" "$BENCH_API_KEY" \
         2>"$WORK/$name/server.log" &
-    PY_PID=$!
+    pid=$!
     for _ in $(seq 1 100); do [ -s "$WORK/$name/port" ] && break; sleep 0.05; done
     echo "thread-per-task ($program): $TASKS tasks, $CONCURRENCY submitters ..." >&2
     python3 "$BENCH_DIR/throughput_load.py" "http://127.0.0.1:$(cat "$WORK/$name/port")" \
-        "$BENCH_API_KEY" "$PREFIX-$name" "$PY_PID" "$TASKS" "$CONCURRENCY"
-    kill -TERM "$PY_PID" 2>/dev/null; wait "$PY_PID" 2>/dev/null; PY_PID=""
+        "$BENCH_API_KEY" "$PREFIX-$name" "$pid" "$TASKS" "$CONCURRENCY" || status=$?
+    kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    return "$status"
 }
 
 # The original app's own stack (FastAPI, uvicorn, requests) in a virtual environment kept

@@ -15,9 +15,8 @@
 //! durable write waits for at most the batch being run, not for everything queued before it,
 //! and its answer does not wait for steps run after it. A relaxed write that has waited
 //! [`RELAXED_WAIT_MAX`] goes first: new tasks arriving without pause cannot hold back the
-//! tasks already accepted for longer. Two writes that are pending at
-//! once have no order between them; a caller that awaits one write before the next keeps its
-//! own order.
+//! tasks already accepted for longer. Two writes that are pending at once have no order
+//! between them; a caller that awaits one write before the next keeps its own order.
 //! Reads see every answered write (WAL readers start a fresh snapshot per statement outside
 //! a transaction).
 //!
@@ -273,12 +272,12 @@ impl Db {
 /// succeeds again (`failing`: the last one failed): the WAL keeps the pages, and the next
 /// request retries.
 fn checkpoint_wal(conn: &Connection, failing: bool) -> bool {
-    let database = conn.path().unwrap_or_default().to_owned();
+    let database = || conn.path().unwrap_or_default().to_owned();
     match conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
         Err(err) => {
             if !failing {
                 tracing::warn!(
-                    %database,
+                    database = %database(),
                     error = %err,
                     "a checkpoint failed; the write-ahead log grows until one succeeds"
                 );
@@ -287,7 +286,7 @@ fn checkpoint_wal(conn: &Connection, failing: bool) -> bool {
         }
         Ok(_) => {
             if failing {
-                tracing::info!(%database, "checkpoints succeed again");
+                tracing::info!(database = %database(), "checkpoints succeed again");
             }
             false
         }
@@ -534,11 +533,11 @@ mod tests {
     #[tokio::test]
     async fn a_durable_write_goes_before_the_relaxed_writes_queued_ahead_of_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = std::sync::Arc::new(open(dir.path()));
+        let db = Arc::new(open(dir.path()));
         // However slowly this test queues, no relaxed write is overdue.
         db.writes.lock().relaxed_wait_max = Duration::from_secs(3600);
-        let order = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
-        let insert = |name: String, order: std::sync::Arc<Mutex<Vec<String>>>| {
+        let order = Arc::new(Mutex::new(Vec::<String>::new()));
+        let insert = |name: String, order: Arc<Mutex<Vec<String>>>| {
             move |conn: &Connection| {
                 order.lock().expect("order").push(name.clone());
                 conn.execute("INSERT INTO t (k, v) VALUES (?1, 0)", [name])
@@ -637,11 +636,7 @@ mod tests {
 
     /// A job as [`Db`] builds them: inserts `k`, sleeping first, and reports when it ran and
     /// when its batch was committed.
-    fn logged_job(
-        k: usize,
-        sleep: Duration,
-        events: &std::sync::Arc<Mutex<Vec<String>>>,
-    ) -> WriteJob {
+    fn logged_job(k: usize, sleep: Duration, events: &Arc<Mutex<Vec<String>>>) -> WriteJob {
         let events = events.clone();
         Box::new(move |conn| {
             std::thread::sleep(sleep);
@@ -672,7 +667,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = table(dir.path());
         let queue = WriteQueue::default();
-        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
         for k in 0..10 {
             assert!(queue.push(Sync::Normal, logged_job(k, BATCH_BUDGET / 2, &events)));
         }
@@ -702,7 +697,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = table(dir.path());
         let queue = WriteQueue::default();
-        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
         assert!(queue.push(Sync::Full, logged_job(0, Duration::ZERO, &events)));
         assert!(queue.push(Sync::Normal, logged_job(1, Duration::ZERO, &events)));
         queue.close();

@@ -32,7 +32,7 @@ pub fn lower(levels: u8) {
 }
 
 /// Nice value of the calling thread.
-pub fn thread_nice() -> io::Result<i32> {
+fn thread_nice() -> io::Result<i32> {
     // getpriority may return -1 as a value, so errors are told apart by errno.
     // SAFETY: reads the calling thread's priority; sets and reads this thread's errno.
     unsafe {
