@@ -363,10 +363,14 @@ async fn a_stopped_server_exits_cleanly_and_the_next_one_finishes_its_running_ta
     );
 }
 
-/// The nice value in `/proc/self/stat`, and the autogroup's where the kernel has autogroups.
+/// The nice value in `/proc/self/stat`, and the autogroup's where the process is in one (the
+/// file is missing without autogroups, and empty in the kernel's default group, as for the
+/// processes of some containers).
 fn priorities(stat: &str, autogroup: Option<&str>) -> (i32, Option<i32>) {
     let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16);
-    let group = autogroup.map(|text| text.split_whitespace().last().unwrap().parse().unwrap());
+    let group = autogroup
+        .and_then(|text| text.split_whitespace().last())
+        .map(|value| value.parse().unwrap());
     (nice.unwrap().parse().unwrap(), group)
 }
 

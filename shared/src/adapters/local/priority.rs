@@ -5,7 +5,9 @@
 //! (one per session, where `CONFIG_SCHED_AUTOGROUP` is on, as on most distributions), then
 //! between the threads of a group by their nice values. The host starts a session of its
 //! own, so its tasks' nice value alone would only order them among themselves; the host's
-//! autogroup gets the same lowering, which is what puts them behind `serve`.
+//! autogroup gets the same lowering, which is what puts them behind `serve`. A process can
+//! also be outside any autogroup, in the kernel's default group (as the processes of some
+//! containers are); the host's own session still gets one.
 //!
 //! Both only ever lower the priority, which needs no privilege; nothing raises it again.
 
@@ -56,14 +58,18 @@ fn lower_thread(levels: u8) -> io::Result<()> {
     Ok(())
 }
 
-/// Lowers the autogroup described by `file` (`/autogroup-N nice V`); a kernel without
-/// autogroups has no such file, and then there is nothing to do.
+/// Lowers the autogroup described by `file` (`/autogroup-N nice V`). There is nothing to do
+/// on a kernel without autogroups (no such file) or for a process in the default group,
+/// outside any autogroup (the file is empty).
 fn lower_autogroup(file: &Path, levels: u8) -> io::Result<()> {
     let current = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err),
     };
+    if current.trim().is_empty() {
+        return Ok(());
+    }
     let nice = autogroup_nice(&current).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -114,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn the_autogroup_is_lowered_from_its_current_value_and_a_missing_file_is_no_error() {
+    fn the_autogroup_is_lowered_from_its_current_value_and_a_missing_or_empty_file_is_no_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("autogroup");
         std::fs::write(&file, "/autogroup-9529 nice 2\n").expect("write");
@@ -124,6 +130,9 @@ mod tests {
         lower_autogroup(&file, 10).expect("lower");
         assert_eq!(std::fs::read_to_string(&file).expect("read"), "19");
         lower_autogroup(&dir.path().join("absent"), 10).expect("no autogroups: nothing to do");
+        std::fs::write(&file, "").expect("write");
+        lower_autogroup(&file, 10).expect("in the default group: nothing to do");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "");
         std::fs::write(&file, "garbage").expect("write");
         let err = lower_autogroup(&file, 10).expect_err("unreadable contents");
         assert!(err.to_string().contains("garbage"), "{err}");
