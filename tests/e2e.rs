@@ -4,6 +4,8 @@
 mod support;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -331,6 +333,132 @@ async fn a_killed_server_resumes_every_task_after_restart() {
     // Its kept token survived the kill: the worker's end resumed the wait, not a poll.
     let history = restarted.history("survivor").await;
     assert!(!history.to_string().contains("\"PollWorker\""), "{history}");
+}
+
+/// Submits `bodies` from `submitters` concurrent clients, each body once; returns the task
+/// ids answered 202. A request the server never answers (it was killed) counts as not
+/// accepted; `accepted` counts the 202s as they come.
+async fn submit_all(
+    url: &str,
+    bodies: Vec<Value>,
+    submitters: usize,
+    accepted: &Arc<AtomicUsize>,
+) -> Vec<String> {
+    let queue = Arc::new(Mutex::new(bodies));
+    let mut clients = Vec::new();
+    for _ in 0..submitters {
+        let (queue, accepted, url) = (queue.clone(), accepted.clone(), url.to_owned());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ids = Vec::new();
+            loop {
+                let Some(body) = queue.lock().unwrap().pop() else {
+                    return ids;
+                };
+                let answer = http
+                    .post(format!("{url}/task-runner"))
+                    .bearer_auth(support::server::API_KEY)
+                    .json(&body)
+                    .send()
+                    .await;
+                if answer.is_ok_and(|answer| answer.status() == 202) {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    ids.push(body["task_id"].as_str().unwrap().to_owned());
+                }
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for client in clients {
+        ids.extend(client.await.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_a_burst_loses_no_accepted_task_and_runs_none_twice() {
+    const TASKS: usize = 80;
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    write_tasks(&tasks);
+    let tally = tmp.path().join("tally.txt");
+    let receiver = Receiver::start(vec![]).await;
+    let data = tmp.path().join("data");
+    // Signed, so that each callback carries its delivery's id.
+    set_secret(
+        &data,
+        "callback-signing",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+    let mut server = Server::start(&data, &tasks, &[]);
+    let bodies: Vec<Value> = (0..TASKS)
+        .map(|i| {
+            let mut body = request(&format!("burst-{i:02}"), "tally.sh", &receiver);
+            let env = &mut body["worker_config"]["env_variables"];
+            env["TRACK_FILE"] = json!(tally.display().to_string());
+            env["SLEEP_SECONDS"] = json!("0.2");
+            body
+        })
+        .collect();
+
+    // Killed while requests are still coming in and the first tasks start, run and call back.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let burst = tokio::spawn({
+        let (url, bodies, accepted) = (server.url.clone(), bodies.clone(), accepted.clone());
+        async move { submit_all(&url, bodies, 8, &accepted).await }
+    });
+    eventually(WAIT, "a third of the burst accepted", async || {
+        (accepted.load(Ordering::SeqCst) >= TASKS / 3).then_some(())
+    })
+    .await;
+    server.kill9();
+    let before_kill = burst.await.unwrap();
+    assert!(
+        before_kill.len() < TASKS,
+        "the kill came before the burst ended"
+    );
+
+    // Every task answered 202 runs after the restart; the client sends again what got no
+    // answer, as a CI job retrying would.
+    let restarted = Server::start(&data, &tasks, &[]);
+    let unanswered: Vec<Value> = bodies
+        .iter()
+        .filter(|body| !before_kill.iter().any(|id| body["task_id"] == id.as_str()))
+        .cloned()
+        .collect();
+    let retried = unanswered.len();
+    let after_restart = submit_all(&restarted.url, unanswered, 8, &accepted).await;
+    assert_eq!(after_restart.len(), retried, "every retry is accepted");
+
+    for body in &bodies {
+        let id = body["task_id"].as_str().unwrap();
+        let callbacks = callbacks_for(&receiver, id, 1).await;
+        assert_eq!(
+            callbacks[0].json()["success"],
+            true,
+            "{}",
+            callbacks[0].json()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran = std::fs::read_to_string(&tally).unwrap();
+    for body in &bodies {
+        let id = body["task_id"].as_str().unwrap();
+        let runs = ran
+            .lines()
+            .filter(|line| *line == format!("ran {id}"))
+            .count();
+        assert_eq!(runs, 1, "{id} ran {runs} times");
+        // A callback sent again after the restart is the same delivery (same webhook id).
+        let ids: std::collections::HashSet<_> = receiver
+            .received()
+            .iter()
+            .filter(|r| r.json()["task_id"] == id)
+            .map(|r| r.header("webhook-id").unwrap())
+            .collect();
+        assert_eq!(ids.len(), 1, "{id}: {ids:?}");
+        assert_eq!(restarted.status(id).await["status"], "succeeded");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

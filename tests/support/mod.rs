@@ -111,6 +111,10 @@ pub fn write_tasks(dir: &Path) {
             "echo \"start $TASKRUNNER_TASK_ID $(date +%s%N)\" >> \"$TRACK_FILE\"\nsleep 1\necho \"end $TASKRUNNER_TASK_ID $(date +%s%N)\" >> \"$TRACK_FILE\"\n",
         ),
         (
+            "tally.sh",
+            "echo \"ran $TASKRUNNER_TASK_ID\" >> \"$TRACK_FILE\"\nsleep \"${SLEEP_SECONDS:-0}\"\n",
+        ),
+        (
             "leak.py",
             "import os\nprint('token is', os.environ.get('MY_TOKEN'))\nprint('env has git token:', any('canary' in v for k, v in os.environ.items() if k != 'MY_TOKEN'))\n",
         ),

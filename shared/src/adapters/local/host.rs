@@ -257,20 +257,21 @@ fn connect(stream: UnixStream, state: &Shared, data_dir: &Path) {
     });
 }
 
-/// Runs a task's supervisor on the host's event loop; a second start of the same task is
-/// ignored.
+/// Runs a task's supervisor on the host's event loop. A task runs once: a start of a task
+/// that runs, or that has ended (its `end.json` is written before it leaves `tasks`), is
+/// ignored; the server sends a start again when it cannot tell whether we had it.
 fn start(state: &Shared, data_dir: &Path, input: SupervisorInput) {
     // A parsed task id: a path component, nothing more.
     let task_id = input.spec.task_id.to_string();
+    let worker = WorkerDir::new(data_dir.join("workers").join(&task_id));
     let (stop, stopped) = watch::channel(false);
     {
         let mut state = lock(state);
-        if state.tasks.contains_key(&task_id) {
+        if state.tasks.contains_key(&task_id) || worker.end().exists() {
             return;
         }
         state.tasks.insert(task_id.clone(), stop);
     }
-    let worker = WorkerDir::new(data_dir.join("workers").join(&task_id));
     let state = Arc::clone(state);
     tokio::spawn(async move {
         if let Err(error) = supervise(worker.clone(), input, stopped).await {

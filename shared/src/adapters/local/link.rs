@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::host::{FromHost, HOST_LOG, HOST_SOCKET, ToHost, encode_line};
 
@@ -23,18 +23,23 @@ pub type EndHook = Arc<dyn Fn(&str) + Send + Sync>;
 /// Called once when the connection to the host is lost.
 pub type LostHook = Arc<dyn Fn() + Send + Sync>;
 
+/// A line to write to the host, and who waits for it to be written.
+type Outgoing = (Vec<u8>, oneshot::Sender<()>);
+
 /// A live connection: the host's pid and the queue of lines to send it.
 #[derive(Clone)]
 pub struct Connection {
     /// The host's pid, written into the start lock of every task it runs.
     pub pid: i32,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Connection {
-    /// Queues `message`; false when the connection is gone.
-    pub fn send(&self, message: &ToHost) -> bool {
-        self.out.send(encode_line(message)).is_ok()
+    /// Sends `message` and waits until it is written to the host's socket: from then on the
+    /// host reads it even if this process is killed. False when the connection is gone.
+    pub async fn send(&self, message: &ToHost) -> bool {
+        let (written, done) = oneshot::channel();
+        self.out.send((encode_line(message), written)).is_ok() && done.await.is_ok()
     }
 }
 
@@ -163,7 +168,7 @@ async fn hello(socket: &Path) -> Option<(Lines<BufReader<OwnedReadHalf>>, OwnedW
 async fn drive(
     mut lines: Lines<BufReader<OwnedReadHalf>>,
     mut writer: OwnedWriteHalf,
-    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     on_end: EndHook,
     on_lost: LostHook,
 ) {
@@ -179,10 +184,11 @@ async fn drive(
                 _ => break,
             },
             message = outgoing.recv() => match message {
-                Some(bytes) => {
+                Some((bytes, written)) => {
                     if writer.write_all(&bytes).await.is_err() {
                         break;
                     }
+                    let _ = written.send(());
                 }
                 None => break,
             },

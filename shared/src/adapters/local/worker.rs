@@ -262,6 +262,42 @@ impl LocalWorker {
     }
 
     /// Hands the task to the worker host, whose pid the start lock holds.
+    /// Creates the start lock, which names the host and holds the spec; false when another
+    /// start of the task took the lock first (that one sends it).
+    fn take_start_lock(worker: &WorkerDir, spec: &TaskSpec, host: i32) -> Result<bool, PortError> {
+        let record = serde_json::to_vec(&StartRecord {
+            pid: host,
+            spec: spec.clone(),
+        })
+        .map_err(|e| PortError::Permanent(e.to_string()))?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(worker.start_lock())
+        {
+            Ok(mut lock) => {
+                use std::io::Write;
+                lock.write_all(&record)
+                    .map_err(|e| io_error("write", &worker.start_lock(), e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_error("create", &worker.start_lock(), e)),
+        }
+    }
+
+    /// Names `host` in the start lock, if it names another (a host that is gone).
+    fn record_host(worker: &WorkerDir, host: i32) -> Result<(), PortError> {
+        match read_json::<StartRecord>(&worker.start_lock()) {
+            Some(mut record) if record.pid != host => {
+                record.pid = host;
+                write_json(&worker.start_lock(), &record)
+                    .map_err(|e| io_error("write", &worker.start_lock(), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn hand_to_host(
         &self,
         worker: &WorkerDir,
@@ -271,17 +307,13 @@ impl LocalWorker {
         let message = ToHost::Start {
             input: Box::new(input),
         };
-        if host.send(&message) {
+        if host.send(&message).await {
             return Ok(());
         }
         // The connection closed just now: once more, with a new host (and its pid).
         let host = self.host().await?;
-        if let Some(mut record) = read_json::<StartRecord>(&worker.start_lock()) {
-            record.pid = host.pid;
-            write_json(&worker.start_lock(), &record)
-                .map_err(|e| io_error("write", &worker.start_lock(), e))?;
-        }
-        if host.send(&message) {
+        Self::record_host(worker, host.pid)?;
+        if host.send(&message).await {
             return Ok(());
         }
         Err(PortError::Transient(
@@ -323,7 +355,8 @@ impl LocalWorker {
             if let Ok(host) = self.host().await {
                 host.send(&ToHost::Terminate {
                     task_id: task_id.to_owned(),
-                });
+                })
+                .await;
             }
         } else if let Some(pid) = supervisor {
             signal_ok(pid, libc::SIGTERM);
@@ -545,7 +578,14 @@ impl WorkerBackend for LocalWorker {
         let task_id = spec.task_id.as_str();
         let handle = self.handle_for(&spec.task_id);
         let worker = self.worker_dir(task_id);
-        if worker.start_lock().exists() || worker.terminate_marker().exists() {
+        if worker.terminate_marker().exists() {
+            return Ok(handle);
+        }
+        // A start lock without a phase or an end: an earlier start of this task took the lock
+        // and did not return (the server was killed), so its host may never have had the
+        // task. It is sent again; a host runs a task once, however often it is sent.
+        let sent_before = worker.start_lock().exists();
+        if sent_before && (worker.phase().exists() || worker.end().exists()) {
             return Ok(handle);
         }
         let (mut task_secrets, git_tokens) = self.fetch_secrets(spec).await?;
@@ -554,24 +594,10 @@ impl WorkerBackend for LocalWorker {
         std::fs::create_dir_all(&worker.dir)
             .map_err(|e| io_error("create the worker directory", &worker.dir, e))?;
         let host = self.host().await?;
-        let record = serde_json::to_vec(&StartRecord {
-            pid: host.pid,
-            spec: spec.clone(),
-        })
-        .map_err(|e| PortError::Permanent(e.to_string()))?;
-        // The lock makes concurrent starts of one task start it once.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(worker.start_lock())
-        {
-            Ok(mut lock) => {
-                use std::io::Write;
-                lock.write_all(&record)
-                    .map_err(|e| io_error("write", &worker.start_lock(), e))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(handle),
-            Err(e) => return Err(io_error("create", &worker.start_lock(), e)),
+        if sent_before {
+            Self::record_host(&worker, host.pid)?;
+        } else if !Self::take_start_lock(&worker, spec, host.pid)? {
+            return Ok(handle);
         }
         // Terminated between our first look and the lock: never start.
         if worker.terminate_marker().exists() {
@@ -588,7 +614,9 @@ impl WorkerBackend for LocalWorker {
             env,
         };
         if let Err(error) = self.hand_to_host(&worker, input, host).await {
-            let _ = std::fs::remove_file(worker.start_lock());
+            if !sent_before {
+                let _ = std::fs::remove_file(worker.start_lock());
+            }
             return Err(error);
         }
         Ok(handle)

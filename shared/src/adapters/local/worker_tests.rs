@@ -576,6 +576,42 @@ async fn tasks_share_one_host_and_a_killed_host_ends_them_as_vanished() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cut_short_by_a_killed_server_is_sent_again_and_runs_once() {
+    let fx = Fixture::new(
+        &[
+            ("ok.sh", "true\n"),
+            ("count.sh", "echo run >> \"$RUNS\"\nsleep 0.3\n"),
+        ],
+        &[],
+    );
+    // The host is up, as it stays when the server is killed.
+    fx.run(&spec("first", "ok.sh")).await;
+    let host = read_pid(&fx.data().join("worker-host.pid")).unwrap();
+    let runs = fx.root.path().join("runs");
+    let mut spec = spec("cut-short", "count.sh");
+    spec.env.insert("RUNS".into(), runs.display().to_string());
+    // What a start killed before its host had the task leaves: the lock, nothing else.
+    let worker = WorkerDir::new(fx.data().join("workers/cut-short"));
+    std::fs::create_dir_all(&worker.dir).unwrap();
+    let record = StartRecord {
+        pid: host,
+        spec: spec.clone(),
+    };
+    std::fs::write(worker.start_lock(), serde_json::to_vec(&record).unwrap()).unwrap();
+
+    // Started again, twice at once (as a retried step may be): the task runs, once.
+    let (first, second) = tokio::join!(fx.worker.start(&spec), fx.worker.start(&spec));
+    let handle = first.unwrap();
+    second.unwrap();
+    let end = fx.wait_end(&handle).await;
+    assert_eq!(end.outcome, Outcome::Succeeded, "{end:?}");
+    // Once it has ended, a start does nothing.
+    fx.worker.start(&spec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_startup_script_is_an_error_and_the_task_never_runs() {
     let fx = Fixture::new(&[("x.sh", "echo task ran\n")], &[]);
     let mut spec = spec("startup-fails", "x.sh");
