@@ -261,7 +261,6 @@ impl LocalWorker {
         })
     }
 
-    /// Hands the task to the worker host, whose pid the start lock holds.
     /// Creates the start lock, which names the host and holds the spec; false when another
     /// start of the task took the lock first (that one sends it).
     fn take_start_lock(worker: &WorkerDir, spec: &TaskSpec, host: i32) -> Result<bool, PortError> {
@@ -298,6 +297,7 @@ impl LocalWorker {
         }
     }
 
+    /// Hands the task to the worker host, whose pid the start lock holds.
     async fn hand_to_host(
         &self,
         worker: &WorkerDir,
