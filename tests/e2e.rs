@@ -15,6 +15,8 @@ use support::server::Server;
 use support::{eventually, set_secret, taskrunner_bin, write_tasks};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The `callback-signing` secret of the tests that check signed callbacks.
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn request(task_id: &str, task_file: &str, callback: &Receiver) -> Value {
     json!({
@@ -385,11 +387,7 @@ async fn a_server_killed_during_a_burst_loses_no_accepted_task_and_runs_none_twi
     let receiver = Receiver::start(vec![]).await;
     let data = tmp.path().join("data");
     // Signed, so that each callback carries its delivery's id.
-    set_secret(
-        &data,
-        "callback-signing",
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    );
+    set_secret(&data, "callback-signing", SIGNING_SECRET);
     let mut server = Server::start(&data, &tasks, &[]);
     let bodies: Vec<Value> = (0..TASKS)
         .map(|i| {
@@ -596,11 +594,7 @@ async fn a_refusing_receiver_gets_the_callback_again_with_the_same_webhook_id() 
     let tmp = tempfile::tempdir().unwrap();
     write_tasks(&tmp.path().join("tasks"));
     let data = tmp.path().join("data");
-    set_secret(
-        &data,
-        "callback-signing",
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    );
+    set_secret(&data, "callback-signing", SIGNING_SECRET);
     let receiver = Receiver::start(vec![500, 500]).await;
     let server = Server::start(&data, &tmp.path().join("tasks"), &[]);
     let (status, _) = server.submit(&request("retried", "ok.sh", &receiver)).await;
@@ -613,9 +607,7 @@ async fn a_refusing_receiver_gets_the_callback_again_with_the_same_webhook_id() 
         .collect();
     assert_eq!(ids, vec!["msg_retried"; 3]);
     let last = &attempts[2];
-    let secrets = [taskrunner::secret::Secret::new(
-        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    )];
+    let secrets = [taskrunner::secret::Secret::new(SIGNING_SECRET)];
     taskrunner::callback::verify(
         (
             &last.header("webhook-id").unwrap(),
@@ -637,10 +629,7 @@ async fn a_refusing_receiver_gets_the_callback_again_with_the_same_webhook_id() 
             .args(["--id", &last.header("webhook-id").unwrap()])
             .args(["--timestamp", &last.header("webhook-timestamp").unwrap()])
             .args(["--signature", &last.header("webhook-signature").unwrap()])
-            .env(
-                "TASKRUNNER_CALLBACK_SECRET",
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            )
+            .env("TASKRUNNER_CALLBACK_SECRET", SIGNING_SECRET)
             .output()
             .unwrap()
     };
